@@ -1,0 +1,151 @@
+"""The `nextword` command: train, evaluate, serve, predict.
+
+Errors in what the user gave (files, settings, names) print one line, `nextword: error: ...`, and
+exit with status 2; nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, NoReturn
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, not argparse's usage block: the message names the argument.
+        self.exit(EXIT_USAGE, f"nextword: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+
+
+def _add_train(commands: Any) -> None:
+    from app.training.config import TrainConfig  # dataclass only: no TensorFlow import
+
+    parser = commands.add_parser(
+        "train",
+        help="train a model and save it as a new version in the model store",
+        description="Train a SimpleRNN language model. Settings come from the defaults, then "
+        "--recipe (TOML), then the flags below.",
+    )
+    parser.add_argument("train_file", nargs="?", help="training text (UTF-8, a sentence a line)")
+    parser.add_argument("--recipe", type=Path, help="TOML file of settings (see recipes/)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    defaults = TrainConfig()
+    for item in fields(TrainConfig):
+        if item.name == "train":
+            continue
+        default = getattr(defaults, item.name)
+        kind = _bool if isinstance(default, bool) else type(default)
+        parser.add_argument(
+            "--" + item.name.replace("_", "-"),
+            dest=item.name,
+            type=kind,
+            default=None,
+            help=f"(default {default!r})",
+        )
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from app.training.config import TrainConfig, make_config
+
+    overrides = {f.name: getattr(args, f.name, None) for f in fields(TrainConfig)}
+    overrides["train"] = args.train_file
+    config = make_config(args.recipe, **overrides)
+    # Checked before TensorFlow loads (seconds) so a bad call fails at once.
+    for name in ("train", "valid", "test"):
+        value = getattr(config, name)
+        if value and not Path(value).is_file():
+            raise ValueError(f"{name}: corpus file {value} does not exist")
+    from app.store import check_name
+
+    check_name(config.name)
+    _quiet_tensorflow()
+    from app.training.job import run_training
+
+    run_training(config, verbose=not args.quiet)
+    return 0
+
+
+def _add_evaluate(commands: Any) -> None:
+    parser = commands.add_parser(
+        "evaluate", help="perplexity and top-k accuracy of a saved model on a text file"
+    )
+    parser.add_argument("text_file", type=Path)
+    parser.add_argument("--store", type=Path, default=Path("model_store"))
+    parser.add_argument("--name", default="default")
+    parser.add_argument("--version", default="latest", help="a number or 'latest'")
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from app import store
+    from app.tokenizer import Tokenizer
+    from app.training.corpus import read_lines
+
+    path = store.version_dir(args.store, args.name, args.version)
+    manifest = store.read_manifest(path)
+    lines = read_lines(args.text_file)
+    tokenizer = Tokenizer.load(path / store.TOKENIZER)
+    ids = tokenizer.encode_lines(lines)
+    _quiet_tensorflow()
+    import keras
+
+    import app.training.model  # noqa: F401  (registers the custom layer for loading)
+    from app.training.evaluate import evaluate_ids
+
+    model = keras.saving.load_model(path / store.KERAS_MODEL)
+    metrics = evaluate_ids(model, ids, int(manifest["architecture"]["hidden_units"]))
+    print(
+        f"{args.name} v{path.name} on {args.text_file}: {metrics.tokens:,} tokens  "
+        f"perplexity {metrics.perplexity:.2f}  top-1 {metrics.top1:.4f}  "
+        f"top-3 {metrics.top3:.4f}  top-5 {metrics.top5:.4f}"
+    )
+    return 0
+
+
+def _quiet_tensorflow() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="nextword", description="Next-word prediction with a SimpleRNN.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_train(commands)
+    _add_evaluate(commands)
+    from app import serve_cli
+
+    serve_cli.add_commands(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    runners = {"train": _run_train, "evaluate": _run_evaluate}
+    from app import serve_cli
+
+    runners.update(serve_cli.RUNNERS)
+    try:
+        return runners[args.command](args)
+    except KeyboardInterrupt:
+        print("nextword: interrupted; nothing was saved", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as error:
+        print(f"nextword: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""The model store: `model_store/<name>/<version>/`, versions numbered 1, 2, 3...
+
+Each version folder holds
+
+    manifest.json          what the model is, how it was trained, its metrics, sha256 of each file
+    tokenizer.json         the tokenizer (standardisation settings + vocabulary)
+    weights.safetensors    the weights, readable without TensorFlow and without pickle
+    model.keras            the Keras model, for evaluation and further training
+    training_curve.png     loss / perplexity per epoch (when matplotlib was there to draw it)
+
+A version is written into a hidden folder beside the others and renamed into place only when
+complete, so a reader never sees a half-written version. This module needs NumPy only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MANIFEST_FORMAT = 1
+MANIFEST = "manifest.json"
+TOKENIZER = "tokenizer.json"
+WEIGHTS = "weights.safetensors"
+KERAS_MODEL = "model.keras"
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+class ModelStoreError(ValueError):
+    """A model name, version or folder that cannot be used; the message says what to do."""
+
+
+def check_name(name: str) -> str:
+    """A model name is one path segment: letters, digits, '_', '.', '-' (no '..', no '/')."""
+    if not _NAME.fullmatch(name) or ".." in name:
+        raise ModelStoreError(
+            f"model name {name!r} is not allowed: use 1-64 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def versions(store: Path, name: str) -> list[int]:
+    """Published versions of a model, oldest first (hidden work folders are not versions)."""
+    folder = store / check_name(name)
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def version_dir(store: Path, name: str, version: int | str) -> Path:
+    """The folder of one version; `version` may be a number or 'latest'."""
+    if version == "latest":
+        found = versions(store, name)
+        if not found:
+            raise ModelStoreError(
+                f"no versions of model {name!r} in {store}: train one with `nextword train`"
+            )
+        number = found[-1]
+    else:
+        number = int(version)
+        if number < 1:
+            raise ModelStoreError(f"model version must be 1 or more, not {number}")
+    path = (store / check_name(name) / str(number)).resolve()
+    if not path.is_relative_to(store.resolve()):
+        raise ModelStoreError(f"model path {path} is outside the model store {store}")
+    return path
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Published:
+    name: str
+    version: int
+    path: Path
+
+
+def publish(store: Path, name: str, write: Callable[[Path], dict[str, Any]]) -> Published:
+    """Write a new version atomically.
+
+    `write(folder)` fills a hidden work folder and returns the manifest (without `files`,
+    `name`, `version`); the sha256 of every file is added here, then the folder is renamed to
+    the next free version number. On any error the work folder is removed and nothing appears.
+    """
+    model_dir = store / check_name(name)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    work = model_dir / f".tmp-{uuid.uuid4().hex}"
+    work.mkdir()
+    try:
+        manifest = write(work)
+        for item in work.iterdir():
+            # Readable by a server running as another user (some writers create 0600 files).
+            item.chmod(0o644)
+        manifest["files"] = {
+            p.name: sha256_file(p) for p in sorted(work.iterdir()) if p.name != MANIFEST
+        }
+        # Another trainer may publish at the same time: rename fails if the number is taken,
+        # and we try the next one.
+        for _ in range(1000):
+            number = (versions(store, name) or [0])[-1] + 1
+            manifest.update(format=MANIFEST_FORMAT, name=name, version=number)
+            _write_json(work / MANIFEST, manifest)
+            try:
+                os.rename(work, model_dir / str(number))
+            except OSError:
+                if (model_dir / str(number)).exists():
+                    continue
+                raise
+            _fsync_dir(model_dir)
+            return Published(name, number, model_dir / str(number))
+        raise ModelStoreError(f"could not find a free version number under {model_dir}")
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    with path.open("w", encoding="utf-8") as handle:
+        json.dump(payload, handle, indent=2, sort_keys=False)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """Read and check a version's manifest and the sha256 of every file it lists."""
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise ModelStoreError(f"{manifest_path} is missing: this is not a complete model version")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelStoreError(f"{manifest_path} is not valid JSON ({error})") from error
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise ModelStoreError(
+            f"{manifest_path} has format {found!r}; this nextword reads format "
+            f"{MANIFEST_FORMAT}: retrain the model or upgrade nextword"
+        )
+    files = manifest.get("files")
+    if not isinstance(files, dict) or WEIGHTS not in files or TOKENIZER not in files:
+        raise ModelStoreError(f"{manifest_path} does not list the weights and tokenizer files")
+    for file_name, expected in files.items():
+        file_path = path / str(file_name)
+        if not file_path.resolve().is_relative_to(path.resolve()):
+            raise ModelStoreError(f"{manifest_path} lists a file outside its folder: {file_name}")
+        if not file_path.is_file():
+            raise ModelStoreError(f"{file_path} is missing: copy the whole version folder again")
+        if sha256_file(file_path) != expected:
+            raise ModelStoreError(
+                f"{file_path} does not match the sha256 in its manifest (corrupt or truncated): "
+                "copy the version folder again or retrain"
+            )
+    return manifest
+
+
+def load_weights(path: Path) -> dict[str, np.ndarray]:
+    """The weights of a version as float32 arrays (safetensors: no pickle, no TensorFlow)."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        return {key: np.asarray(value) for key, value in load_file(path / WEIGHTS).items()}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ModelStoreError(f"{path / WEIGHTS} cannot be read ({error})") from error

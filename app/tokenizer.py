@@ -1,0 +1,220 @@
+"""Word-level tokenizer shared by training and serving.
+
+One implementation, saved with each model as JSON, so the same text gives the same ids when the
+model is trained and when it is served.
+
+Text is first *standardised* (lower-casing, punctuation, numbers: see `TokenizerConfig`), then split
+on whitespace. Each line of a corpus is one sentence and ends with the sentence-end token. Words
+outside the vocabulary become the unknown token. A corpus already in Penn Treebank form (lower
+case, `<unk>`, `N` for numbers, one sentence a line) comes through unchanged with the `ptb` preset.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+TOKENIZER_FORMAT = 1
+
+Punctuation = Literal["keep", "split", "strip"]
+Numbers = Literal["keep", "replace"]
+
+# A token made only of digits and number punctuation: 42, 3.5, 1,000, 12:30, 1/2, -7, 5%.
+_NUMBER = re.compile(r"[+-]?\d+(?:[.,:/]\d+)*%?")
+# With punctuation="split": words (with inner apostrophes or hyphens) or single punctuation marks.
+_WORD_OR_MARK = re.compile(r"[^\W_]+(?:['’-][^\W_]+)*|[^\w\s]|_")
+
+
+class TokenizerError(ValueError):
+    """A tokenizer file or setting that cannot be used."""
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """How raw text becomes words. Saved with the model; never changed after training."""
+
+    # Fold case so "The" and "the" share one entry (PTB is lower case; WikiText-2 keeps case).
+    lowercase: bool = True
+    # keep: split on whitespace only (corpora that are already tokenised, such as PTB and
+    # WikiText-2); split: cut punctuation marks off words as tokens of their own (raw text);
+    # strip: drop punctuation marks (raw text, when marks should not be predicted).
+    punctuation: Punctuation = "keep"
+    # keep: numbers are words like any other; replace: every number becomes `number_token`.
+    numbers: Numbers = "replace"
+    number_token: str = "N"
+    unknown_token: str = "<unk>"
+    end_token: str = "<eos>"
+
+    def __post_init__(self) -> None:
+        if self.punctuation not in ("keep", "split", "strip"):
+            raise TokenizerError(
+                f"punctuation must be keep, split or strip, not {self.punctuation!r}"
+            )
+        if self.numbers not in ("keep", "replace"):
+            raise TokenizerError(f"numbers must be keep or replace, not {self.numbers!r}")
+        for name in ("number_token", "unknown_token", "end_token"):
+            value = getattr(self, name)
+            if not value or any(ch.isspace() for ch in value):
+                raise TokenizerError(f"{name} must be a non-empty word without spaces")
+        if self.unknown_token == self.end_token:
+            raise TokenizerError("unknown_token and end_token must differ")
+
+
+PRESETS: dict[str, TokenizerConfig] = {
+    # Penn Treebank (Mikolov): lower case, already tokenised, numbers already `N`.
+    "ptb": TokenizerConfig(lowercase=True, punctuation="keep", numbers="replace"),
+    # WikiText-2: tokenised, case and punctuation kept, numbers kept as words.
+    "wikitext": TokenizerConfig(lowercase=False, punctuation="keep", numbers="keep"),
+    # Your own raw text: lower case, punctuation marks as tokens, numbers folded to `N`.
+    "raw": TokenizerConfig(lowercase=True, punctuation="split", numbers="replace"),
+}
+
+
+def standardise(text: str, config: TokenizerConfig) -> list[str]:
+    """Turn one line of text into words (no vocabulary lookup, no sentence-end token)."""
+    # NFC so that the same visible text gives the same words however it was typed; control
+    # characters (NUL included) become spaces so they can never reach the vocabulary.
+    text = unicodedata.normalize("NFC", text)
+    text = "".join(" " if unicodedata.category(ch) == "Cc" else ch for ch in text)
+    if config.lowercase:
+        text = text.lower()
+    words: list[str] = []
+    for chunk in text.split():
+        if _is_special(chunk, config) or config.punctuation == "keep":
+            words.append(chunk)
+        elif config.numbers == "replace" and _NUMBER.fullmatch(chunk):
+            words.append(chunk)  # keep "3.5" whole so it becomes one number, not "3 . 5"
+        else:
+            pieces = _WORD_OR_MARK.findall(chunk)
+            if config.punctuation == "strip":
+                pieces = [p for p in pieces if not _is_mark(p)]
+            words.extend(pieces)
+    if config.numbers == "replace":
+        words = [config.number_token if _NUMBER.fullmatch(w) else w for w in words]
+    return words
+
+
+def _is_special(chunk: str, config: TokenizerConfig) -> bool:
+    return chunk in (config.unknown_token, config.end_token)
+
+
+def _is_mark(piece: str) -> bool:
+    return all(unicodedata.category(ch).startswith(("P", "S")) for ch in piece)
+
+
+@dataclass
+class Tokenizer:
+    """Standardisation settings plus a vocabulary; maps text to ids and back.
+
+    Ids 0 and 1 are always the unknown and sentence-end tokens; the rest are words by
+    falling training frequency, ties broken alphabetically, so a vocabulary is deterministic.
+    """
+
+    config: TokenizerConfig
+    vocabulary: list[str]
+    _index: dict[str, int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.vocabulary[:2] != [self.config.unknown_token, self.config.end_token]:
+            raise TokenizerError("vocabulary must start with the unknown and sentence-end tokens")
+        self._index = {word: i for i, word in enumerate(self.vocabulary)}
+        if len(self._index) != len(self.vocabulary):
+            raise TokenizerError("vocabulary has duplicate words")
+
+    unknown_id = 0
+    end_id = 1
+
+    @property
+    def size(self) -> int:
+        return len(self.vocabulary)
+
+    @classmethod
+    def build(
+        cls,
+        lines: Iterable[str],
+        config: TokenizerConfig,
+        max_size: int | None = None,
+        min_count: int = 1,
+    ) -> Tokenizer:
+        """Build the vocabulary from training lines only (max_size counts the special tokens)."""
+        if max_size is not None and max_size < 3:
+            raise TokenizerError("max vocabulary size must be at least 3")
+        if min_count < 1:
+            raise TokenizerError("min count must be at least 1")
+        counts: Counter[str] = Counter()
+        for line in lines:
+            counts.update(standardise(line, config))
+        specials = [config.unknown_token, config.end_token]
+        for token in specials:
+            counts.pop(token, None)
+        ranked = sorted(
+            (w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w)
+        )
+        if max_size is not None:
+            ranked = ranked[: max_size - len(specials)]
+        return cls(config, specials + ranked)
+
+    def words(self, text: str) -> list[str]:
+        """Words of one line as the model sees them: unknown words become the unknown token."""
+        return [w if w in self._index else self.config.unknown_token for w in self._raw(text)]
+
+    def encode(self, text: str, end_of_line: bool = False) -> list[int]:
+        """Ids of one line; with end_of_line, followed by the sentence-end id."""
+        ids = [self._index.get(w, self.unknown_id) for w in self._raw(text)]
+        if end_of_line:
+            ids.append(self.end_id)
+        return ids
+
+    def encode_lines(self, lines: Iterable[str]) -> np.ndarray:
+        """One contiguous id stream for a corpus: every line closed by the sentence-end id."""
+        ids: list[int] = []
+        for line in lines:
+            ids.extend(self.encode(line, end_of_line=True))
+        return np.asarray(ids, dtype=np.int32)
+
+    def decode(self, ids: Iterable[int]) -> list[str]:
+        return [self.vocabulary[i] for i in ids]
+
+    def _raw(self, text: str) -> list[str]:
+        return standardise(text, self.config)
+
+    # --- persistence -------------------------------------------------------------------------
+
+    def to_json(self) -> str:
+        payload = {
+            "format": TOKENIZER_FORMAT,
+            "config": asdict(self.config),
+            "vocabulary": self.vocabulary,
+        }
+        return json.dumps(payload, ensure_ascii=False, indent=1) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Tokenizer:
+        try:
+            payload = json.loads(text)
+            if payload.get("format") != TOKENIZER_FORMAT:
+                raise TokenizerError(
+                    f"tokenizer format {payload.get('format')!r} is not {TOKENIZER_FORMAT}"
+                )
+            config = TokenizerConfig(**payload["config"])
+            vocabulary = payload["vocabulary"]
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+            raise TokenizerError(f"not a nextword tokenizer file ({error})") from error
+        if not isinstance(vocabulary, list) or not all(isinstance(w, str) for w in vocabulary):
+            raise TokenizerError("tokenizer vocabulary must be a list of words")
+        return cls(config, vocabulary)
+
+    def save(self, path: Path) -> None:
+        path.write_text(self.to_json(), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Path) -> Tokenizer:
+        return cls.from_json(path.read_text(encoding="utf-8"))

@@ -1,0 +1,184 @@
+"""The training loop: truncated BPTT over contiguous text with the state carried across windows.
+
+Per epoch: reset the state, run every window of the batched training streams through one compiled
+step (forward, cross-entropy, gradients, global-norm clip, update), then measure exact validation
+perplexity. The learning rate decays when validation stops improving; training stops early after
+`early_stop_patience` epochs without improvement, and the best weights are restored at the end.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from app.training.config import TrainConfig
+from app.training.corpus import batchify, window_count, windows
+from app.training.evaluate import evaluate_ids, make_scorer
+from app.training.model import ModelConfig, build_model
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    learning_rate: float
+    train_loss: float
+    train_perplexity: float
+    valid_perplexity: float
+    seconds: float
+    tokens_per_second: float
+
+
+@dataclass
+class TrainResult:
+    model: Any
+    model_config: ModelConfig
+    history: list[EpochRecord] = field(default_factory=list)
+    best_epoch: int = 0
+    train_seconds: float = 0.0
+    train_tokens_per_second: float = 0.0
+    stop_reason: str = ""
+
+
+def check_trainable(train_ids: np.ndarray, valid_ids: np.ndarray, config: TrainConfig) -> None:
+    """Refuse corpora too small for one training batch, before anything is built or written."""
+    needed = config.batch_size * (config.bptt + 1)
+    if len(train_ids) < needed:
+        raise ValueError(
+            f"training text has {len(train_ids)} tokens; one batch needs batch_size × (bptt + 1)"
+            f" = {needed}: give more text or lower --batch-size / --bptt"
+        )
+    if len(valid_ids) < 2:
+        raise ValueError("validation text must hold at least two tokens")
+
+
+def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate=config.learning_rate)
+    return keras.optimizers.Adam(learning_rate=config.learning_rate)
+
+
+def train(
+    train_ids: np.ndarray,
+    valid_ids: np.ndarray,
+    vocab_size: int,
+    config: TrainConfig,
+    log: Callable[[str], None] = print,
+    verbose: bool = True,
+) -> TrainResult:
+    check_trainable(train_ids, valid_ids, config)
+    keras.utils.set_random_seed(config.seed)
+    model_config = ModelConfig(
+        vocab_size=vocab_size,
+        embedding_dim=config.embedding_dim,
+        hidden_units=config.hidden_units,
+        dropout=config.dropout,
+        tied=config.tied,
+        init_scale=config.init_scale,
+    )
+    model = build_model(model_config, seed=config.seed)
+    optimizer = make_optimizer(config)
+    variables = model.trainable_variables
+    optimizer.build(variables)
+    clip_norm = tf.constant(config.clip_norm, tf.float32)
+
+    @tf.function(jit_compile=False)
+    def train_step(tokens: tf.Tensor, targets: tf.Tensor, state: tf.Tensor) -> Any:
+        with tf.GradientTape() as tape:
+            logits, final_state = model([tokens, state], training=True)  # (batch, time, vocab)
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(targets, logits))
+        gradients = tape.gradient(loss, variables)
+        gradients, _ = tf.clip_by_global_norm(gradients, clip_norm)
+        optimizer.apply(gradients, variables)
+        return loss, final_state
+
+    streams = batchify(train_ids, config.batch_size)  # (batch, steps)
+    steps_per_epoch = window_count(streams, config.bptt)
+    tokens_per_step = config.batch_size * config.bptt
+    scorer = make_scorer(model)
+    result = TrainResult(model=model, model_config=model_config)
+    best_perplexity = math.inf
+    best_weights = model.get_weights()
+    epochs_without_gain = 0
+    started = time.perf_counter()
+    trained_tokens = 0
+    train_time = 0.0
+
+    for epoch in range(1, config.epochs + 1):
+        learning_rate = float(optimizer.learning_rate.numpy())
+        if verbose:
+            log(f"epoch {epoch}/{config.epochs}  learning rate {learning_rate:.3g}")
+        bar = keras.utils.Progbar(steps_per_epoch, verbose=1 if verbose else 0, unit_name="window")
+        state = tf.zeros((config.batch_size, config.hidden_units))
+        epoch_start = time.perf_counter()
+        loss_sum = 0.0
+        for step, (tokens, targets) in enumerate(windows(streams, config.bptt), start=1):
+            loss, state = train_step(tf.constant(tokens), tf.constant(targets), state)
+            loss_sum += float(loss)
+            if step % 20 == 0 or step == steps_per_epoch:
+                elapsed = time.perf_counter() - epoch_start
+                bar.update(
+                    step,
+                    values=[
+                        ("ppl", math.exp(loss_sum / step)),
+                        ("tok/s", step * tokens_per_step / elapsed),
+                    ],
+                    finalize=step == steps_per_epoch,
+                )
+        epoch_seconds = time.perf_counter() - epoch_start
+        train_time += epoch_seconds
+        trained_tokens += steps_per_epoch * tokens_per_step
+        valid = evaluate_ids(model, valid_ids, config.hidden_units, scorer)
+        train_loss = loss_sum / steps_per_epoch
+        record = EpochRecord(
+            epoch=epoch,
+            learning_rate=learning_rate,
+            train_loss=train_loss,
+            train_perplexity=math.exp(train_loss),
+            valid_perplexity=valid.perplexity,
+            seconds=epoch_seconds,
+            tokens_per_second=steps_per_epoch * tokens_per_step / epoch_seconds,
+        )
+        result.history.append(record)
+        if verbose:
+            log(
+                f"epoch {epoch}: train ppl {record.train_perplexity:.2f}  valid ppl "
+                f"{valid.perplexity:.2f}  {epoch_seconds:.0f} s  "
+                f"{record.tokens_per_second:.0f} tokens/s"
+            )
+        if valid.perplexity < best_perplexity:
+            best_perplexity = valid.perplexity
+            best_weights = model.get_weights()
+            result.best_epoch = epoch
+            epochs_without_gain = 0
+        else:
+            epochs_without_gain += 1
+            if epochs_without_gain > config.plateau_patience:
+                optimizer.learning_rate.assign(learning_rate * config.lr_decay)
+        if epochs_without_gain >= config.early_stop_patience:
+            result.stop_reason = (
+                f"no gain in validation perplexity for {epochs_without_gain} epochs"
+            )
+            break
+        if float(optimizer.learning_rate.numpy()) < config.min_learning_rate:
+            result.stop_reason = "learning rate fell below min_learning_rate"
+            break
+        minutes = (time.perf_counter() - started) / 60
+        if config.max_minutes and minutes >= config.max_minutes:
+            result.stop_reason = f"time budget of {config.max_minutes:g} minutes reached"
+            break
+    else:
+        result.stop_reason = f"all {config.epochs} epochs done"
+
+    model.set_weights(best_weights)
+    result.train_seconds = train_time
+    result.train_tokens_per_second = trained_tokens / train_time if train_time else 0.0
+    if verbose:
+        log(f"stopped: {result.stop_reason}; best epoch {result.best_epoch}")
+    return result
