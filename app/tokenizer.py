@@ -30,7 +30,7 @@ Numbers = Literal["keep", "replace"]
 # A token made only of digits and number punctuation: 42, 3.5, 1,000, 12:30, 1/2, -7, 5%.
 _NUMBER = re.compile(r"[+-]?\d+(?:[.,:/]\d+)*%?")
 # With punctuation="split": words (with inner apostrophes or hyphens) or single punctuation marks.
-_WORD_OR_MARK = re.compile(r"[^\W_]+(?:['’-][^\W_]+)*|[^\w\s]|_")
+_WORD_OR_MARK = re.compile(r"[^\W_]+(?:['\u2019-][^\W_]+)*|[^\w\s]|_")
 
 
 class TokenizerError(ValueError):

@@ -51,7 +51,7 @@ def check_trainable(train_ids: np.ndarray, valid_ids: np.ndarray, config: TrainC
     needed = config.batch_size * (config.bptt + 1)
     if len(train_ids) < needed:
         raise ValueError(
-            f"training text has {len(train_ids)} tokens; one batch needs batch_size × (bptt + 1)"
+            f"training text has {len(train_ids)} tokens; one batch needs batch_size * (bptt + 1)"
             f" = {needed}: give more text or lower --batch-size / --bptt"
         )
     if len(valid_ids) < 2:
