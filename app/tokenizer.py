@@ -29,8 +29,8 @@ Numbers = Literal["keep", "replace"]
 
 # A token made only of digits and number punctuation: 42, 3.5, 1,000, 12:30, 1/2, -7, 5%.
 _NUMBER = re.compile(r"[+-]?\d+(?:[.,:/]\d+)*%?")
-# With punctuation="split": words (with inner apostrophes or hyphens) or single punctuation marks.
-_WORD_OR_MARK = re.compile(r"[^\W_]+(?:['\u2019-][^\W_]+)*|[^\w\s]|_")
+# With punctuation="split": numbers, words (with inner apostrophes or hyphens) or single marks.
+_WORD_OR_MARK = re.compile(r"\d+(?:[.,:/]\d+)*%?|[^\W_]+(?:['\u2019-][^\W_]+)*|[^\w\s]|_")
 
 
 class TokenizerError(ValueError):
@@ -84,11 +84,14 @@ def standardise(text: str, config: TokenizerConfig) -> list[str]:
     # characters (NUL included) become spaces so they can never reach the vocabulary.
     text = unicodedata.normalize("NFC", text)
     text = "".join(" " if unicodedata.category(ch) == "Cc" else ch for ch in text)
-    if config.lowercase:
-        text = text.lower()
     words: list[str] = []
     for chunk in text.split():
-        if _is_special(chunk, config) or config.punctuation == "keep":
+        if _is_special(chunk, config):
+            words.append(chunk)
+            continue
+        if config.lowercase:
+            chunk = chunk.lower()
+        if config.punctuation == "keep":
             words.append(chunk)
         elif config.numbers == "replace" and _NUMBER.fullmatch(chunk):
             words.append(chunk)  # keep "3.5" whole so it becomes one number, not "3 . 5"
@@ -103,6 +106,9 @@ def standardise(text: str, config: TokenizerConfig) -> list[str]:
 
 
 def _is_special(chunk: str, config: TokenizerConfig) -> bool:
+    # Kept as they are, before lower-casing: PTB's number token is a capital N.
+    if config.numbers == "replace" and chunk == config.number_token:
+        return True
     return chunk in (config.unknown_token, config.end_token)
 
 
