@@ -1,0 +1,91 @@
+# nextword: next-word prediction service.
+#
+#   docker build -t nextword .                      # serving image (default, last target)
+#   docker build -t nextword-train --target train . # training image (adds TensorFlow)
+#
+# Stages:
+#   base          python:3.11-slim + environment + an unprivileged user
+#   requirements  the dependency lists, read from pyproject.toml
+#   wheel         the nextword wheel (the only stage that sees the source)
+#   train         `nextword train`: TensorFlow (the `train` extra) + the wheel
+#   serve         `nextword serve`: the TF-free base install + the models in model_store/
+#
+# Dependencies are installed from the lists in pyproject.toml before any source is copied,
+# so a change under app/ rebuilds only the wheel and one small layer.
+
+# ---------------------------------------------------------------------------------------
+FROM python:3.11-slim AS base
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
+RUN groupadd --system --gid 10001 nextword \
+ && useradd --system --uid 10001 --gid nextword --home-dir /app --no-create-home \
+        --shell /usr/sbin/nologin nextword
+WORKDIR /app
+
+# ---------------------------------------------------------------------------------------
+# requirements.txt / requirements-train.txt from [project] dependencies (+ the `train`
+# extra). The install layers below depend on these lists, not on the whole pyproject.toml:
+# editing the version or the tool settings there keeps them cached.
+FROM base AS requirements
+COPY pyproject.toml /tmp/pyproject.toml
+RUN python -c "import tomllib; \
+p = tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']; \
+base = p['dependencies']; train = p['optional-dependencies']['train']; \
+open('/requirements.txt', 'w').write('\n'.join(base) + '\n'); \
+open('/requirements-train.txt', 'w').write('\n'.join(base + train) + '\n')"
+
+# ---------------------------------------------------------------------------------------
+FROM base AS wheel
+RUN pip install --no-cache-dir "setuptools>=68" wheel
+WORKDIR /src
+# README.m[d]: the readme named in pyproject.toml, copied when it exists.
+COPY pyproject.toml README.m[d] ./
+COPY app ./app
+RUN pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /wheels .
+
+# ---------------------------------------------------------------------------------------
+# Training image: docker build --target train -t nextword-train .
+#   docker run --rm --user "$(id -u):$(id -g)" \
+#     -v "$PWD/corpus:/data:ro" -v "$PWD/model_store:/app/model_store" \
+#     nextword-train /data/train.txt --name mymodel --epochs 4
+# Writes /app/model_store/<name>/<next version>/ (the working directory's model_store).
+FROM base AS train
+COPY --from=requirements /requirements-train.txt /tmp/requirements-train.txt
+RUN pip install --no-cache-dir -r /tmp/requirements-train.txt && rm /tmp/requirements-train.txt
+COPY --from=wheel /wheels/ /tmp/wheels/
+RUN pip install --no-cache-dir --no-deps /tmp/wheels/*.whl && rm -rf /tmp/wheels
+# Writable caches for any --user (Keras and Matplotlib write to the home folder otherwise).
+ENV KERAS_HOME=/tmp/.keras \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    TF_CPP_MIN_LOG_LEVEL=2
+USER nextword
+ENTRYPOINT ["nextword", "train"]
+CMD ["--help"]
+
+# ---------------------------------------------------------------------------------------
+# Serving image (default target): no TensorFlow, NumPy forward pass.
+FROM base AS serve
+COPY --from=requirements /requirements.txt /tmp/requirements.txt
+RUN pip install --no-cache-dir -r /tmp/requirements.txt && rm /tmp/requirements.txt
+# The models baked in: every published version under model_store/ (.dockerignore drops the
+# hidden .tmp-* work folders). Mount another store over /app/model_store to serve others.
+COPY model_store/ /app/model_store/
+COPY --from=wheel /wheels/ /tmp/wheels/
+RUN pip install --no-cache-dir --no-deps /tmp/wheels/*.whl && rm -rf /tmp/wheels
+ENV NEXTWORD_HOST=0.0.0.0 \
+    NEXTWORD_PORT=8000 \
+    NEXTWORD_MODEL_STORE=/app/model_store \
+    NEXTWORD_MODEL_NAME=ptb \
+    NEXTWORD_MODEL_VERSION=latest
+USER nextword
+EXPOSE 8000
+# Liveness: python's urllib, since the slim image has no curl. A short interval so that
+# `docker run` reaches "healthy" within a few seconds.
+HEALTHCHECK --interval=2s --timeout=2s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('NEXTWORD_PORT', '8000'), timeout=1.5)"]
+# Exec form, no shell: uvicorn is PID 1, receives SIGTERM and shuts down gracefully.
+STOPSIGNAL SIGTERM
+CMD ["nextword", "serve"]

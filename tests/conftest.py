@@ -1,0 +1,64 @@
+"""Shared fixtures: a small patterned corpus and a tiny model trained on it (seconds)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+SUBJECTS = ["the cat", "the dog", "a bird", "my friend", "the teacher", "our neighbour"]
+VERBS = ["sees", "likes", "follows", "helps", "watches"]
+OBJECTS = ["the ball", "a tree", "the river", "the old house", "a small boat"]
+PLACES = ["in the morning", "at night", "after school", "near the park"]
+
+
+def patterned_lines(count: int, seed: int = 0) -> list[str]:
+    """Simple English sentences with strong regularities a tiny RNN can learn."""
+    rng = random.Random(seed)
+    return [
+        f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)} {rng.choice(PLACES)}"
+        for _ in range(count)
+    ]
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 1,500-line corpus (~13k tokens); valid and test are cut from its end."""
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("\n".join(patterned_lines(1500)) + "\n", encoding="utf-8")
+    return path
+
+
+@dataclass(frozen=True)
+class TinyModel:
+    store: Path
+    name: str
+    version: int
+
+    @property
+    def path(self) -> Path:
+        return self.store / self.name / str(self.version)
+
+
+def train_tiny(corpus: Path, store: Path, name: str = "tiny", **settings: object) -> TinyModel:
+    """Train a tiny model with the project's own training job and publish it into `store`."""
+    from app.training.config import make_config
+    from app.training.job import run_training
+
+    defaults: dict[str, object] = dict(
+        preset="raw", embedding_dim=16, hidden_units=16, epochs=3, batch_size=8, bptt=10,
+        learning_rate=0.01, clip_norm=1.0,
+    )  # fmt: skip
+    config = make_config(
+        None, train=str(corpus), store=str(store), name=name, **{**defaults, **settings}
+    )
+    published = run_training(config, log=lambda _: None, verbose=False)
+    return TinyModel(store, published.name, published.version)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, corpus_file: Path) -> TinyModel:
+    """A tied 16-unit model trained for a few seconds; shared by the tests that only read it."""
+    return train_tiny(corpus_file, tmp_path_factory.mktemp("store"))
