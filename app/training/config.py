@@ -25,14 +25,19 @@ class TrainConfig:
     embedding_dim: int = 256
     hidden_units: int = 256
     dropout: float = 0.0  # on the embedding output and on the RNN output
+    locked_dropout: bool = False  # the same dropout mask at every time step of a window
     tied: bool = True  # output layer shares the embedding matrix
     init_scale: float = 0.05
     # --- optimisation ---
     batch_size: int = 32  # contiguous streams trained side by side
     bptt: int = 35  # truncated back-propagation window, in tokens
     epochs: int = 10
-    optimizer: str = "adam"  # adam | sgd
+    optimizer: str = "adam"  # adam | adamw | sgd
     learning_rate: float = 1e-3
+    weight_decay: float = 0.0  # decoupled weight decay (adamw only)
+    # Evaluate and save an exponential moving average of the weights (0: off). Averaging the
+    # weights late in training is one of the strongest levers for recurrent LMs (cf. ASGD).
+    ema_decay: float = 0.0
     clip_norm: float = 0.25  # global gradient-norm clip
     # When validation perplexity stops improving, multiply the learning rate by this factor...
     lr_decay: float = 0.5
@@ -69,7 +74,9 @@ class TrainConfig:
             ("batch_size", 1 <= self.batch_size <= 4096, "between 1 and 4096"),
             ("bptt", 1 <= self.bptt <= 10_000, "between 1 and 10000"),
             ("epochs", 1 <= self.epochs <= 10_000, "between 1 and 10000"),
-            ("optimizer", self.optimizer in ("adam", "sgd"), "adam or sgd"),
+            ("optimizer", self.optimizer in ("adam", "adamw", "sgd"), "adam, adamw or sgd"),
+            ("weight_decay", 0 <= self.weight_decay < 1, "in [0, 1)"),
+            ("ema_decay", 0 <= self.ema_decay < 1, "in [0, 1)"),
             ("learning_rate", 0 < self.learning_rate <= 100, "in (0, 100]"),
             ("clip_norm", self.clip_norm > 0, "positive"),
             ("lr_decay", 0 < self.lr_decay <= 1, "in (0, 1]"),

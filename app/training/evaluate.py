@@ -34,7 +34,14 @@ class Metrics:
 def make_scorer(model: Any) -> Any:
     """A compiled function: (tokens, targets, state) -> (sums of loss and hits, final state)."""
 
-    @tf.function(reduce_retracing=True)
+    # Shapes left open so windows of any length (the last one is short) share one trace.
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec((None, None), tf.int32),
+            tf.TensorSpec((None, None), tf.int32),
+            tf.TensorSpec((None, None), tf.float32),
+        ]
+    )
     def score(
         tokens: tf.Tensor, targets: tf.Tensor, state: tf.Tensor
     ) -> tuple[tf.Tensor, tf.Tensor]:

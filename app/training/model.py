@@ -34,6 +34,9 @@ class ModelConfig:
     hidden_units: int = 256
     # Dropout on the non-recurrent connections: embedding output and RNN output.
     dropout: float = 0.0
+    # Locked (variational) dropout: one mask per sequence, the same at every time step, so the
+    # noise does not wash out over time (Gal & Ghahramani 2016).
+    locked_dropout: bool = False
     # Share the embedding matrix with the output layer.
     tied: bool = True
     # Half-width of the uniform initialiser of the embedding (the recurrent kernel is orthogonal).
@@ -104,7 +107,10 @@ def build_model(config: ModelConfig, seed: int = 0) -> keras.Model:
         name="embedding",
     )
     x = embedding(tokens)  # (batch, time, embedding)
-    x = keras.layers.Dropout(config.dropout, seed=seed + 1, name="input_dropout")(x)
+    x = keras.layers.Dropout(
+        config.dropout, noise_shape=_mask(config, config.embedding_dim), seed=seed + 1,
+        name="input_dropout",
+    )(x)  # fmt: skip
     sequence, final_state = keras.layers.SimpleRNN(
         config.hidden_units,
         activation="tanh",
@@ -115,7 +121,10 @@ def build_model(config: ModelConfig, seed: int = 0) -> keras.Model:
         recurrent_initializer=keras.initializers.Orthogonal(seed=seed + 3),
         name="rnn",
     )(x, initial_state=[state])  # (batch, time, hidden), (batch, hidden)
-    y = keras.layers.Dropout(config.dropout, seed=seed + 4, name="output_dropout")(sequence)
+    y = keras.layers.Dropout(
+        config.dropout, noise_shape=_mask(config, config.hidden_units), seed=seed + 4,
+        name="output_dropout",
+    )(sequence)  # fmt: skip
     if config.projected:
         y = keras.layers.Dense(
             config.embedding_dim,
@@ -132,6 +141,11 @@ def build_model(config: ModelConfig, seed: int = 0) -> keras.Model:
             name="output",
         )(y)
     return keras.Model([tokens, state], [logits, final_state], name="simple_rnn_lm")
+
+
+def _mask(config: ModelConfig, features: int) -> tuple[int | None, ...] | None:
+    # (batch, 1, features): broadcast over time, i.e. one mask per sequence.
+    return (None, 1, features) if config.locked_dropout else None
 
 
 def export_weights(model: keras.Model, config: ModelConfig) -> dict[str, np.ndarray]:

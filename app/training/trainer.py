@@ -61,7 +61,39 @@ def check_trainable(train_ids: np.ndarray, valid_ids: np.ndarray, config: TrainC
 def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
     if config.optimizer == "sgd":
         return keras.optimizers.SGD(learning_rate=config.learning_rate)
+    if config.optimizer == "adamw":
+        return keras.optimizers.AdamW(
+            learning_rate=config.learning_rate, weight_decay=config.weight_decay
+        )
     return keras.optimizers.Adam(learning_rate=config.learning_rate)
+
+
+class WeightAverage:
+    """Exponential moving average of the weights, swapped in for evaluation and saving.
+
+    The decay ramps up as min(decay, (1 + t) / (10 + t)) so the average does not remember the
+    random initial weights (the same warm-up as tf.train.ExponentialMovingAverage).
+    """
+
+    def __init__(self, variables: list[Any], decay: float) -> None:
+        self.variables = variables
+        self.decay = decay
+        self.averages = [tf.Variable(v, trainable=False) for v in variables]
+        self.updates = tf.Variable(0.0, trainable=False)
+
+    def update(self) -> None:
+        """Called inside the compiled training step, after the optimizer."""
+        self.updates.assign_add(1.0)
+        decay = tf.minimum(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
+        for average, variable in zip(self.averages, self.variables, strict=True):
+            average.assign(decay * average + (1.0 - decay) * variable)
+
+    def swap(self) -> None:
+        """Exchange live and averaged weights (call twice to undo)."""
+        for average, variable in zip(self.averages, self.variables, strict=True):
+            live = tf.identity(variable)
+            variable.assign(average)
+            average.assign(live)
 
 
 def train(
@@ -79,6 +111,7 @@ def train(
         embedding_dim=config.embedding_dim,
         hidden_units=config.hidden_units,
         dropout=config.dropout,
+        locked_dropout=config.locked_dropout,
         tied=config.tied,
         init_scale=config.init_scale,
     )
@@ -87,6 +120,7 @@ def train(
     variables = model.trainable_variables
     optimizer.build(variables)
     clip_norm = tf.constant(config.clip_norm, tf.float32)
+    average = WeightAverage(variables, config.ema_decay) if config.ema_decay else None
 
     @tf.function(jit_compile=False)
     def train_step(tokens: tf.Tensor, targets: tf.Tensor, state: tf.Tensor) -> Any:
@@ -96,6 +130,8 @@ def train(
         gradients = tape.gradient(loss, variables)
         gradients, _ = tf.clip_by_global_norm(gradients, clip_norm)
         optimizer.apply(gradients, variables)
+        if average is not None:
+            average.update()
         return loss, final_state
 
     streams = batchify(train_ids, config.batch_size)  # (batch, steps)
@@ -134,7 +170,12 @@ def train(
         epoch_seconds = time.perf_counter() - epoch_start
         train_time += epoch_seconds
         trained_tokens += steps_per_epoch * tokens_per_step
+        if average is not None:
+            average.swap()  # evaluate (and keep, if best) the averaged weights
         valid = evaluate_ids(model, valid_ids, config.hidden_units, scorer)
+        snapshot = model.get_weights() if valid.perplexity < best_perplexity else None
+        if average is not None:
+            average.swap()
         train_loss = loss_sum / steps_per_epoch
         record = EpochRecord(
             epoch=epoch,
@@ -152,9 +193,9 @@ def train(
                 f"{valid.perplexity:.2f}  {epoch_seconds:.0f} s  "
                 f"{record.tokens_per_second:.0f} tokens/s"
             )
-        if valid.perplexity < best_perplexity:
+        if snapshot is not None:
             best_perplexity = valid.perplexity
-            best_weights = model.get_weights()
+            best_weights = snapshot
             result.best_epoch = epoch
             epochs_without_gain = 0
         else:

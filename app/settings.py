@@ -1,0 +1,101 @@
+"""Server settings: one object, read from `NEXTWORD_*` environment variables (or given in code).
+
+    NEXTWORD_MODEL_STORE     folder of models, `<store>/<name>/<version>/`   (model_store)
+    NEXTWORD_MODEL_NAME      which model to serve                             (ptb)
+    NEXTWORD_MODEL_VERSION   a version number or `latest`                     (latest)
+    NEXTWORD_HOST            address to listen on                             (127.0.0.1)
+    NEXTWORD_PORT            port to listen on                                (8000)
+    NEXTWORD_MAX_TEXT_CHARS  longest `text` accepted by POST /predict         (10000)
+    NEXTWORD_MAX_BODY_BYTES  largest request body accepted                    (65536)
+    NEXTWORD_LOG_LEVEL       critical | error | warning | info | debug        (info)
+
+Every value is checked when the settings are made, so a bad one stops the server before it
+starts, with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.store import check_name
+
+ENV_PREFIX = "NEXTWORD_"
+
+LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used; the message names its environment variable."""
+
+
+class Settings(BaseSettings):
+    """Everything the server can be told. Tests pass values directly: `Settings(port=0, ...)`."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    # --- which model ---
+    model_store: Path = Path("model_store")
+    model_name: str = "ptb"
+    model_version: int | Literal["latest"] = "latest"
+    # --- where to listen ---
+    host: str = Field(default="127.0.0.1", min_length=1)
+    port: int = Field(default=8000, ge=1, le=65535)
+    # --- request limits: they bound the work and memory one request can cost ---
+    # Characters of `text`; the forward pass costs one (hidden x hidden) step per word.
+    max_text_chars: int = Field(default=10_000, ge=1, le=1_000_000)
+    # Bytes of a request body, counted before JSON parsing (a JSON-escaped text is longer).
+    max_body_bytes: int = Field(default=65_536, ge=1_024, le=64 * 1024 * 1024)
+    # --- logging ---
+    log_level: LogLevel = "info"
+
+    @field_validator("model_name")
+    @classmethod
+    def _name_is_one_folder(cls, value: str) -> str:
+        return check_name(value)
+
+    @field_validator("model_version", mode="before")
+    @classmethod
+    def _version_is_latest_or_number(cls, value: Any) -> Any:
+        # Environment variables are strings: "3" means version 3; anything else but "latest"
+        # (or a whole number from code) is refused here with one clear message.
+        if isinstance(value, str):
+            value = value.strip().lower()
+            if value == "latest":
+                return value
+            if value.isdigit():
+                value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"must be 'latest' or a version number of 1 or more, not {value!r}")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_case_level(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment, then `overrides` (None means 'not given').
+
+    Raises SettingsError with a one-line message naming the variable, for the command line.
+    """
+    given = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as error:
+        raise SettingsError(describe_validation_error(error)) from None
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "settings"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] != "value_error":  # our own validators already quote the value
+            message += f", not {item['input']!r}"
+        problems.append(f"{ENV_PREFIX}{field.upper()} ({field}): {message}")
+    return "; ".join(problems)
