@@ -172,7 +172,9 @@ def train(
         trained_tokens += steps_per_epoch * tokens_per_step
         if average is not None:
             average.swap()  # evaluate (and keep, if best) the averaged weights
+        eval_start = time.perf_counter()
         valid = evaluate_ids(model, valid_ids, config.hidden_units, scorer)
+        eval_seconds = time.perf_counter() - eval_start
         snapshot = model.get_weights() if valid.perplexity < best_perplexity else None
         if average is not None:
             average.swap()
@@ -191,7 +193,7 @@ def train(
             log(
                 f"epoch {epoch}: train ppl {record.train_perplexity:.2f}  valid ppl "
                 f"{valid.perplexity:.2f}  {epoch_seconds:.0f} s  "
-                f"{record.tokens_per_second:.0f} tokens/s"
+                f"{record.tokens_per_second:.0f} tokens/s  (validation {eval_seconds:.0f} s)"
             )
         if snapshot is not None:
             best_perplexity = valid.perplexity
