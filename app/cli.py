@@ -68,9 +68,9 @@ def _run_train(args: argparse.Namespace) -> int:
         value = getattr(config, name)
         if value and not Path(value).is_file():
             raise ValueError(f"{name}: corpus file {value} does not exist")
-    from app.store import check_name
+    from app.store import check_writable
 
-    check_name(config.name)
+    check_writable(Path(config.store), config.name)
     _quiet_tensorflow()
     from app.training.job import run_training
 

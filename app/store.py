@@ -85,6 +85,19 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def check_writable(store: Path, name: str) -> None:
+    """Fail before a long training run, not after it, when the version could not be saved."""
+    folder = store / check_name(name)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ModelStoreError(
+            f"cannot write to {existing}: the model store must be a writable folder "
+            "(in a container, run as a user that owns the mounted store)"
+        )
+
+
 @dataclass(frozen=True)
 class Published:
     name: str

@@ -162,3 +162,13 @@ def test_output_name_that_escapes_the_store(
     error = _bad_run([str(corpus_file), "--name", "../../etc"], tmp_path / "store", capsys)
     assert "not allowed" in error
     assert not (tmp_path / "etc").exists()
+
+
+def test_unwritable_store_fails_before_training(
+    corpus_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code = main(["train", str(corpus_file), "--store", str(blocker / "store"), "--quiet"])
+    assert code == 2
+    assert "cannot write to" in capsys.readouterr().err

@@ -33,7 +33,7 @@ def run_training(
     config: TrainConfig, log: Callable[[str], None] = print, verbose: bool = True
 ) -> store.Published:
     config.validate()
-    store.check_name(config.name)
+    store.check_writable(Path(config.store), config.name)
     splits = load_splits(
         Path(config.train),
         Path(config.valid) if config.valid else None,
