@@ -39,8 +39,10 @@ class Architecture:
         return self.tied and self.embedding_dim != self.hidden_units
 
     @classmethod
-    def from_manifest(cls, architecture: Mapping[str, Any]) -> Architecture:
+    def from_manifest(cls, architecture: Any) -> Architecture:
         """Raises ValueError when the manifest describes a model this engine cannot run."""
+        if not isinstance(architecture, Mapping):
+            raise ValueError("the architecture is missing")
         kind = architecture.get("type")
         if kind != "simple_rnn":
             raise ValueError(f"architecture type {kind!r} is not one this server runs (simple_rnn)")

@@ -91,9 +91,18 @@ class Predictor:
                 f"model folder {path} does not exist: train it with `nextword train --name "
                 f"{name}` or choose another (NEXTWORD_MODEL_STORE / _NAME / _VERSION)"
             )
+        try:
+            return cls._read(path)
+        except OSError as error:  # e.g. a file the server's user may not read
+            raise ModelStoreError(
+                f"cannot read the model in {path} ({error}): check the files and permissions"
+            ) from None
+
+    @classmethod
+    def _read(cls, path: Path) -> Predictor:
         manifest = store.read_manifest(path)  # format and sha256 of every file
         try:
-            architecture = engine.Architecture.from_manifest(manifest.get("architecture") or {})
+            architecture = engine.Architecture.from_manifest(manifest.get("architecture"))
         except ValueError as error:
             raise ModelStoreError(
                 f"{path / store.MANIFEST}: {error}: retrain the model or upgrade nextword"
@@ -105,11 +114,10 @@ class Predictor:
                 f"{path / store.TOKENIZER} cannot be used ({error}): copy the version folder "
                 "again or retrain"
             ) from None
+        arrays = store.load_weights(path)  # a file safetensors cannot read: ModelStoreError
         try:
-            weights = engine.weights_from_arrays(store.load_weights(path), architecture)
-        except ValueError as error:  # ModelStoreError from load_weights names the file already
-            if isinstance(error, ModelStoreError):
-                raise
+            weights = engine.weights_from_arrays(arrays, architecture)
+        except ValueError as error:
             raise ModelStoreError(
                 f"{path / store.WEIGHTS} does not fit the architecture in its manifest ({error}): "
                 "copy the version folder again or retrain"
@@ -120,8 +128,8 @@ class Predictor:
             path=path,
             vocabulary_size=tokenizer.size,
             architecture=dict(manifest["architecture"]),
-            metrics=dict(manifest.get("metrics") or {}),
-            created=manifest.get("created"),
+            metrics=_mapping(manifest.get("metrics")),
+            created=str(manifest.get("created") or "") or None,
         )
         return cls(weights, tokenizer, info)
 
@@ -172,6 +180,11 @@ class Predictor:
         vocabulary = self.tokenizer.vocabulary
         words = [WordProbability(vocabulary[i], _plain_float(probabilities[i])) for i in best]
         return Prediction(words, prefix)
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    # Metrics are for people to read; a manifest without them still serves.
+    return dict(value) if isinstance(value, dict) else {}
 
 
 def _plain_float(value: np.floating[Any]) -> float:

@@ -1,0 +1,176 @@
+"""Every error the API answers with, and the one place where errors become HTTP responses.
+
+All error bodies have one shape, `ErrorResponse`:
+
+    {"error": "invalid_request", "message": "text: ...", "fields": [{"field": "text", ...}]}
+
+    RequestValidationError (pydantic)  422 invalid_request  a field missing, wrong or too long
+    TextTooLong                        422 invalid_request  text over NEXTWORD_MAX_TEXT_CHARS
+    UnsupportedMediaType               415 unsupported_media_type
+    (BodySizeLimit middleware)         413 payload_too_large
+    ModelNotReady                      503 model_not_ready
+    HTTPException (routing, parsing)   its status: not_found, method_not_allowed, bad_request
+    anything else                      500 internal_error, no detail (the server log has it)
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="The field at fault, e.g. `text`; `body` for the whole body")
+    message: str
+    type: str = Field(description="A stable, machine-readable kind, e.g. `string_too_long`")
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error response."""
+
+    error: str = Field(description="A stable, machine-readable code", examples=["invalid_request"])
+    message: str = Field(description="What went wrong, for people")
+    fields: list[FieldError] = Field(default_factory=list)
+
+
+class ApiError(Exception):
+    """A domain error with a fixed HTTP status; subclasses say which."""
+
+    status = HTTPStatus.BAD_REQUEST
+    code = "bad_request"
+
+    def __init__(self, message: str, fields: list[FieldError] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields = fields or []
+
+
+class ModelNotReady(ApiError):
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    code = "model_not_ready"
+
+
+class UnsupportedMediaType(ApiError):
+    status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+    code = "unsupported_media_type"
+
+
+class TextTooLong(ApiError):
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+    code = "invalid_request"
+
+    def __init__(self, length: int, limit: int) -> None:
+        reason = f"{length} characters is more than the {limit} this server accepts"
+        field = FieldError(field="text", message=reason, type="too_long")
+        super().__init__(f"text: {reason}", [field])
+
+
+def error_json(
+    status: int, code: str, message: str, fields: list[FieldError] | None = None
+) -> JSONResponse:
+    body = ErrorResponse(error=code, message=message, fields=fields or [])
+    return JSONResponse(body.model_dump(mode="json"), status_code=status)
+
+
+def _field_name(location: tuple[Any, ...] | list[Any]) -> str:
+    # ("body", "text") -> "text"; ("body",) or ("body", 12) (a JSON syntax error) -> "body".
+    parts = [str(part) for part in location[1:] if isinstance(part, str)]
+    return ".".join(parts) if parts and location[0] == "body" else "body"
+
+
+def _validation_fields(error: RequestValidationError) -> list[FieldError]:
+    fields = []
+    for item in error.errors():
+        message = str(item.get("msg", "invalid"))
+        if item.get("type") == "json_invalid":
+            reason = (item.get("ctx") or {}).get("error", "")
+            message = f"the body is not valid JSON ({reason} at position {item['loc'][-1]})"
+        fields.append(
+            FieldError(field=_field_name(item["loc"]), message=message, type=str(item.get("type")))
+        )
+    return fields
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers that turn every exception into an ErrorResponse."""
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        fields = _validation_fields(error)
+        message = "; ".join(f"{item.field}: {item.message}" for item in fields)
+        return error_json(HTTPStatus.UNPROCESSABLE_ENTITY, "invalid_request", message, fields)
+
+    @app.exception_handler(ApiError)
+    async def on_api_error(request: Request, error: ApiError) -> JSONResponse:
+        return error_json(error.status, error.code, error.message, error.fields)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_exception(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        status = HTTPStatus(error.status_code)
+        code = status.phrase.lower().replace(" ", "_").replace("-", "_")
+        response = error_json(status, code, str(error.detail))
+        response.headers.update(error.headers or {})  # e.g. Allow, on a 405
+        return response
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, error: Exception) -> JSONResponse:
+        # Never a traceback to the client. Starlette re-raises after this response is sent, so
+        # the server's log still shows the whole traceback.
+        return error_json(500, "internal_error", "internal server error")
+
+
+_TOO_LONG = "10001 characters is more than the 10000 this server accepts"
+# status: (when, an example body)
+_DOCUMENTED: dict[int, tuple[str, dict[str, Any]]] = {
+    400: (
+        "The body could not be read (e.g. bytes that are not UTF-8).",
+        {"error": "bad_request", "message": "There was an error parsing the body", "fields": []},
+    ),
+    413: (
+        "The body is larger than NEXTWORD_MAX_BODY_BYTES.",
+        {"error": "payload_too_large", "message": "the body is over 65536 bytes", "fields": []},
+    ),
+    415: (
+        "The body is not sent as `application/json`.",
+        {
+            "error": "unsupported_media_type",
+            "message": "send the body as JSON with Content-Type: application/json "
+            "(got 'text/plain')",
+            "fields": [],
+        },
+    ),
+    422: (
+        "A field is missing, unknown, of the wrong type or out of range; `fields` names it.",
+        {
+            "error": "invalid_request",
+            "message": f"text: {_TOO_LONG}",
+            "fields": [{"field": "text", "message": _TOO_LONG, "type": "too_long"}],
+        },
+    ),
+    503: (
+        "The model is not loaded (the server is starting or stopping).",
+        {
+            "error": "model_not_ready",
+            "message": "the model is not loaded yet (or any more); try again shortly",
+            "fields": [],
+        },
+    ),
+}
+
+
+def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` for these error statuses: the ErrorResponse schema, an example."""
+    return {
+        status: {
+            "model": ErrorResponse,
+            "description": _DOCUMENTED[status][0],
+            "content": {"application/json": {"example": _DOCUMENTED[status][1]}},
+        }
+        for status in statuses
+    }

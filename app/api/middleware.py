@@ -1,0 +1,115 @@
+"""Pure ASGI middleware: no request objects, nothing buffered, so they cost next to nothing."""
+
+from __future__ import annotations
+
+from contextlib import suppress
+from http import HTTPStatus
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.api.errors import error_json
+from app.store import ModelStoreError
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodySizeLimit:
+    """Answer 413 to a request body over `max_bytes`.
+
+    A declared Content-Length over the limit is refused before the app runs; a body without one
+    (chunked) or one that lies about it is counted as it streams in, and refused as soon as it
+    passes the limit, so no more than `max_bytes` of it is ever read.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                await self._refuse(scope, receive, send, HTTPStatus.BAD_REQUEST)
+                return
+            if int(declared) > self.max_bytes:
+                await self._refuse(scope, receive, send, HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+                return
+
+        received = 0
+        too_large = False
+        response_started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received, too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    too_large = True
+                    raise _BodyTooLarge
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal response_started
+            if too_large:
+                return  # whatever the app answers to the failed read, the client gets the 413
+            response_started = response_started or message["type"] == "http.response.start"
+            await send(message)
+
+        # Raised by our receive and passed up unhandled (FastAPI turns it into a 400 that
+        # guarded_send drops): answered below.
+        with suppress(_BodyTooLarge):
+            await self.app(scope, counting_receive, guarded_send)
+        if too_large and not response_started:
+            await self._refuse(scope, receive, send, HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: HTTPStatus) -> None:
+        if status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
+            code, message = "payload_too_large", f"the body is over {self.max_bytes} bytes"
+        else:
+            code, message = "bad_request", "the Content-Length header is not a number"
+        response = error_json(status, code, message)
+        # Tell the server to close the connection: the rest of the body is not going to be read.
+        response.headers["connection"] = "close"
+        await response(scope, receive, send)
+
+
+class OneLineStartupError:
+    """Report a model that cannot be loaded as one line, not a traceback.
+
+    Starlette answers a failed lifespan start-up with the whole traceback as the message, which
+    the server prints. For a ModelStoreError the message alone says what is wrong and how to fix
+    it, so this replaces the traceback with it; any other error keeps its traceback.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        held: list[Message] = []
+
+        async def hold_failure(message: Message) -> None:
+            # Starlette sends "startup.failed" first and raises after: hold it until we know why.
+            if message["type"] == "lifespan.startup.failed":
+                held.append(message)
+            else:
+                await send(message)
+
+        try:
+            await self.app(scope, receive, hold_failure)
+        except ModelStoreError as error:
+            if held:
+                held[:] = [{"type": "lifespan.startup.failed", "message": f"cannot serve: {error}"}]
+            raise
+        finally:
+            for message in held:
+                await send(message)

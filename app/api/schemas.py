@@ -1,0 +1,132 @@
+"""Request and response bodies, with the examples shown in the OpenAPI docs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.inference.predictor import ModelInfo, Prediction
+
+# Hard ceiling for the schema; the server's own limit (NEXTWORD_MAX_TEXT_CHARS, lower by
+# default) is checked in the route, since a schema cannot read settings.
+TEXT_CEILING = 1_000_000
+MAX_TOP_K = 100
+
+
+class PredictRequest(BaseModel):
+    # strict: "5" is not a number and 1 is not true; extra fields are refused, not ignored.
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "examples": [
+                {"text": "the company said it expects", "top_k": 5, "include_special": False}
+            ]
+        },
+    )
+
+    text: str = Field(
+        max_length=TEXT_CEILING,
+        description="The text so far. May be empty (the first word of a sentence is predicted); "
+        "a line break ends a sentence. At most NEXTWORD_MAX_TEXT_CHARS characters (10000 by "
+        "default).",
+    )
+    top_k: int = Field(default=5, ge=1, le=MAX_TOP_K, description="How many words to return.")
+    include_special: bool = Field(
+        default=False,
+        description="Also offer the unknown-word and sentence-end tokens as predictions.",
+    )
+
+
+class WordProbability(BaseModel):
+    word: str
+    probability: float = Field(description="The model's probability over its whole vocabulary")
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: int
+
+
+class PredictResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "next_word": "a",
+                    "predictions": [
+                        {"word": "a", "probability": 0.22669744},
+                        {"word": "to", "probability": 0.1880451},
+                        {"word": "the", "probability": 0.10636597},
+                        {"word": "its", "probability": 0.04106777},
+                        {"word": "an", "probability": 0.034309693},
+                    ],
+                    "tokens": ["<eos>", "the", "company", "said", "it", "expects"],
+                    "unknown_words": [],
+                    "model": {"name": "ptb", "version": 1},
+                }
+            ]
+        }
+    )
+
+    next_word: str = Field(description="The most likely next word (the first prediction)")
+    predictions: list[WordProbability] = Field(description="Most likely first")
+    tokens: list[str] = Field(
+        description="The words the model read: <eos> first (a sentence start), unknown words "
+        "as the unknown token"
+    )
+    unknown_words: list[str] = Field(
+        description="Words of the text the model does not know (as standardised)"
+    )
+    model: ModelRef
+
+    @classmethod
+    def of(cls, prediction: Prediction, info: ModelInfo) -> PredictResponse:
+        return cls(
+            next_word=prediction.words[0].word,
+            predictions=[
+                WordProbability(word=w.word, probability=w.probability) for w in prediction.words
+            ],
+            tokens=prediction.prefix.tokens,
+            unknown_words=prediction.prefix.unknown_words,
+            model=ModelRef(name=info.name, version=info.version),
+        )
+
+
+class Status(BaseModel):
+    status: str = Field(examples=["ok"])
+
+
+class ModelDescription(BaseModel):
+    name: str
+    version: int
+    vocabulary_size: int
+    architecture: dict[str, Any] = Field(
+        description="From the manifest: type, vocab_size, embedding_dim, hidden_units, dropout, "
+        "tied, init_scale"
+    )
+    metrics: dict[str, Any] = Field(
+        description="From the manifest: perplexity and top-k accuracy per split"
+    )
+    created: str | None = None
+
+    @classmethod
+    def of(cls, info: ModelInfo) -> ModelDescription:
+        return cls(
+            name=info.name,
+            version=info.version,
+            vocabulary_size=info.vocabulary_size,
+            architecture=info.architecture,
+            metrics=info.metrics,
+            created=info.created,
+        )
+
+
+class ReadyResponse(BaseModel):
+    status: str = Field(examples=["ready"])
+    model: ModelRef
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelDescription]

@@ -1,0 +1,118 @@
+"""End to end: `nextword serve` as a real process on a real port, `nextword predict`, and no
+TensorFlow anywhere on the serving path."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import REPO, TinyModel, free_port, serving
+
+from app.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_serve_answers_over_http_and_stops_cleanly(tiny_model: TinyModel, tmp_path: Path) -> None:
+    with serving(tiny_model, tmp_path) as server:
+        response = httpx.post(
+            server.url + "/predict", json={"text": "our neighbour watches", "top_k": 2}, timeout=5
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["tokens"] == ["<eos>", "our", "neighbour", "watches"]
+        assert body["next_word"] in {"the", "a"}  # learned: an object comes next
+        assert len(body["predictions"]) == 2
+        assert httpx.get(server.url + "/health", timeout=5).json() == {"status": "ok"}
+        assert httpx.get(server.url + "/docs", timeout=5).status_code == 200
+
+        # A graceful stop: uvicorn finishes, then lets the signal end the process (-SIGTERM).
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=15) in (0, -signal.SIGTERM)
+    output = server.output()
+    assert f"serving model tiny v{tiny_model.version}" in output
+    assert "Application shutdown complete" in output
+    assert "Traceback" not in output
+
+
+def test_serve_without_a_model_exits_with_one_line(tmp_path: Path) -> None:
+    command = [
+        sys.executable, "-m", "app.cli", "serve", "--store", str(tmp_path / "empty"),
+        "--name", "ptb", "--port", str(free_port()),
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
+    assert "Traceback" not in result.stderr
+    assert "cannot serve: no versions of model 'ptb'" in errors[0]
+    assert "nextword train" in errors[0]  # ... and how to fix it
+
+
+def test_serve_refuses_a_bad_setting_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("NEXTWORD_PORT", "70000")
+    assert main(["serve"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert error.startswith("nextword: error: NEXTWORD_PORT (port): ")
+
+
+def test_predict_prints_the_top_words(
+    tiny_model: TinyModel, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = ["--store", str(tiny_model.store), "--name", "tiny", "--version", "1"]
+    assert main(["predict", "the teacher helps a dragon", "--top-k", "3", *model]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "tiny v1 read: <eos> the teacher helps a <unk>"
+    assert lines[1] == "unknown words: dragon"
+    assert len(lines) == 5
+    _, probability = lines[2].split()
+    assert 0 < float(probability) <= 1
+
+    assert main(["predict", "the cat", "--top-k", "0", *model]) == 2
+    assert "--top-k must be between 1 and 100" in capsys.readouterr().err
+
+
+def test_predict_without_a_model_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["predict", "the cat", "--store", str(tmp_path), "--name", "ptb"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("nextword: error: no versions of model 'ptb'")
+    assert error.count("\n") == 1
+
+
+# --- no TensorFlow on the serving path ----------------------------------------------------------
+
+
+def test_serving_does_not_import_tensorflow(tiny_model: TinyModel) -> None:
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from pathlib import Path
+        from fastapi.testclient import TestClient
+        from app.api.app import create_app
+        from app.cli import main
+        from app.settings import Settings
+
+        settings = Settings(model_store=Path({str(tiny_model.store)!r}),
+                            model_name="tiny", model_version={tiny_model.version})
+        with TestClient(create_app(settings)) as client:
+            response = client.post("/predict", json={{"text": "the cat"}})
+            assert response.status_code == 200, response.text
+        assert main(["predict", "the", "cat", "--store", str(settings.model_store),
+                     "--name", "tiny", "--version", "{tiny_model.version}"]) == 0
+        print("HEAVY", sorted({{m.split(".")[0] for m in sys.modules}} & {{"tensorflow", "keras"}}))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "HEAVY []" in result.stdout
