@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import copy
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -69,18 +72,45 @@ def _run_serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level,
         log_config=_log_config(settings.log_level),
         server_header=False,
+        # On SIGTERM: stop accepting, let requests in flight finish (up to this), then stop.
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout_s)),
     )
-    server = uvicorn.Server(config)
+    server = _server_class()(config)
     try:
         server.run()
-    except SystemExit as exit_:
-        # uvicorn exits when start-up fails; it has already logged why, in one line.
-        return int(exit_.code) if isinstance(exit_.code, int) else EXIT_STARTUP_FAILED
-    except KeyboardInterrupt:
-        # After a graceful shutdown uvicorn re-raises the signal it caught (SIGTERM ends the
-        # process with that status, as supervisors expect); Ctrl+C is a normal way to stop.
-        return 0 if server.started else 130
+    except SystemExit:
+        # uvicorn exits when it cannot start (e.g. the port is taken); it has logged why.
+        return EXIT_STARTUP_FAILED
+    except KeyboardInterrupt:  # only if a signal arrives before uvicorn listens for them
+        return 130
+    # A clean stop after SIGTERM or Ctrl+C is a success: 0, as supervisors expect of a service
+    # that shut down gracefully.
     return 0 if server.started else EXIT_STARTUP_FAILED
+
+
+def _server_class() -> type[Any]:
+    # Made on demand: the other commands (`nextword predict`) never import uvicorn.
+    import uvicorn
+    from uvicorn.server import HANDLED_SIGNALS
+
+    class GracefulServer(uvicorn.Server):
+        """uvicorn's server, minus one step: after a graceful shutdown on a signal, uvicorn
+        raises the signal again, so the process dies of it (status -15 for SIGTERM) even
+        though every request was answered. This one restores the handlers and returns."""
+
+        @contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield  # signals can only be handled in the main thread
+                return
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in HANDLED_SIGNALS}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+    return GracefulServer
 
 
 def _log_config(level: str) -> dict[str, Any]:

@@ -8,6 +8,16 @@
     NEXTWORD_MAX_TEXT_CHARS  longest `text` accepted by POST /predict         (10000)
     NEXTWORD_MAX_BODY_BYTES  largest request body accepted                    (65536)
     NEXTWORD_LOG_LEVEL       critical | error | warning | info | debug        (info)
+    NEXTWORD_RELOAD_INTERVAL_S   seconds between looks for a new version; 0 = never   (0)
+    NEXTWORD_MAX_IN_FLIGHT       requests worked on at once; past it 503 + Retry-After (128)
+    NEXTWORD_PREDICT_TIMEOUT_S   longest wait for a prediction; past it 504            (10)
+    NEXTWORD_SHUTDOWN_TIMEOUT_S  longest wait for requests in flight on SIGTERM        (20)
+    NEXTWORD_API_KEY         key required on /predict and /models (X-API-Key or Bearer)  (none)
+    NEXTWORD_ADMIN_KEY       key for /admin/*; unset, the admin routes do not exist      (none)
+    NEXTWORD_CORS_ORIGINS    comma-separated origins browsers may call from          (none)
+    NEXTWORD_CACHE_SIZE      states (and texts) kept for type-ahead; 0 = no cache   (4096)
+    NEXTWORD_BATCH_MAX_SIZE  most concurrent requests in one output-layer batch     (32)
+    NEXTWORD_BATCH_MAX_WAIT_MS  longest wait for a batch to fill; alone: none       (0)
 
 Every value is checked when the settings are made, so a bad one stops the server before it
 starts, with a message naming the variable.
@@ -16,10 +26,10 @@ starts, with a message naming the variable.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.store import check_name
 
@@ -51,6 +61,24 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=65_536, ge=1_024, le=64 * 1024 * 1024)
     # --- logging ---
     log_level: LogLevel = "info"
+    # --- inference (app.inference.options.InferenceOptions) ---
+    cache_size: int = Field(default=4096, ge=0, le=1_000_000)
+    batch_max_size: int = Field(default=32, ge=1, le=1024)
+    batch_max_wait_ms: float = Field(default=0.0, ge=0, le=100)
+    # --- model updates, overload, shutdown (app.serving, app.api.middleware) ---
+    # A new version is loaded aside, checked with a probe prediction, then swapped in.
+    reload_interval_s: float = Field(default=0, ge=0, le=86_400)
+    # Above concurrency 128 a 2-core server only queues; refusing at once keeps latency bounded.
+    max_in_flight: int = Field(default=128, ge=1, le=100_000)
+    predict_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    # Below the usual 30 s orchestrators wait before SIGKILL; above the request time-out.
+    shutdown_timeout_s: float = Field(default=20.0, gt=0, le=3_600)
+    # --- security (app.api.security) ---
+    # SecretStr: the value never shows in a repr, a log line or a validation error.
+    api_key: SecretStr | None = None
+    admin_key: SecretStr | None = None
+    # NoDecode: the variable is a comma-separated list, not JSON.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     @field_validator("model_name")
     @classmethod
@@ -71,6 +99,29 @@ class Settings(BaseSettings):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"must be 'latest' or a version number of 1 or more, not {value!r}")
         return value
+
+    @field_validator("api_key", "admin_key")
+    @classmethod
+    def _key_is_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        # Refused rather than ignored: an empty or short key set by mistake must not leave the
+        # server open or guessable.
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters (or not set at all)")
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _keys_differ(self) -> Settings:
+        api, admin = self.api_key, self.admin_key
+        if api and admin and api.get_secret_value() == admin.get_secret_value():
+            raise ValueError("NEXTWORD_ADMIN_KEY must differ from NEXTWORD_API_KEY")
+        return self
 
     @field_validator("log_level", mode="before")
     @classmethod

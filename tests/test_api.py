@@ -6,7 +6,7 @@ import asyncio
 import json
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from app.api.middleware import BodySizeLimit
 from app.inference.predictor import ModelInfo, Prediction, Prefix, WordProbability
 from app.settings import Settings
 from app.store import ModelStoreError
+from app.tokenizer import Tokenizer
 
 pytestmark = pytest.mark.slow  # every test here starts from the trained tiny model
 
@@ -98,6 +99,11 @@ class FakePredictor:
             Prefix([1, 0], ["<eos>", "<unk>"], [text]),
         )
 
+    async def predict_async(
+        self, text: str, top_k: int = 5, include_special: bool = False
+    ) -> Prediction:
+        return self.predict(text, top_k, include_special)
+
 
 def test_route_hands_the_request_to_the_predictor(tiny_model: TinyModel) -> None:
     app = create_app(settings_for(tiny_model))
@@ -131,12 +137,26 @@ BAD_INPUT: list[tuple[str, dict[str, Any], int, str | None]] = [
     ("top_k 101", {"json": {"text": "a", "top_k": 101}}, 422, "top_k"),
     ("top_k string", {"json": {"text": "a", "top_k": "5"}}, 422, "top_k"),
     ("top_k huge", {"json": {"text": "a", "top_k": 10**30}}, 422, "top_k"),
+    ("top_k -1", {"json": {"text": "a", "top_k": -1}}, 422, "top_k"),
+    ("top_k fraction", {"json": {"text": "a", "top_k": 2.5}}, 422, "top_k"),
+    ("top_k true", {"json": {"text": "a", "top_k": True}}, 422, "top_k"),
+    ("top_k NaN", {"content": b'{"text": "a", "top_k": NaN}', "headers": JSON}, 422, "top_k"),
+    ("special a string", {"json": {"text": "a", "include_special": "true"}}, 422,
+     "include_special"),
+    ("text a number", {"json": {"text": 5}}, 422, "text"),
+    ("text an object", {"json": {"text": {"text": "a"}}}, 422, "text"),
+    ("deep nesting in a field", {"content": b'{"text": ' + b"[" * 500 + b"]" * 500 + b"}",
+     "headers": JSON}, 422, "text"),
+    ("huge array in a field", {"json": {"text": "a", "x": list(range(10_000))}}, 422, "x"),
     ("text not a string", {"json": {"text": ["a"]}}, 422, "text"),
     ("text null", {"json": {"text": None}}, 422, "text"),
     ("text too long", {"json": {"text": "a" * 10_001}}, 422, "text"),
     ("body a list", {"json": ["text"]}, 422, "body"),
     ("body null", {"content": b"null", "headers": JSON}, 422, "body"),
     ("empty body", {"content": b"", "headers": JSON}, 422, "body"),
+    ("NUL byte outside a string", {"content": b'{"text": "a"}\x00', "headers": JSON}, 422,
+     "body"),
+    ("truncated JSON", {"content": b'{"text": "a', "headers": JSON}, 422, "body"),
     ("not JSON", {"content": b"text=hello", "headers": JSON}, 422, "body"),
     ("lone surrogate", {"content": b'{"text": "a \\ud800"}', "headers": JSON}, 422, "text"),
     ("invalid UTF-8", {"content": b'{"text": "\xff\xfe"}', "headers": JSON}, 400, None),
@@ -169,13 +189,31 @@ def test_bad_input_is_a_clean_client_error(
 @pytest.mark.parametrize(
     "text",
     ["", "   ", "\x00\x01\x1b[31m", "emoji 😀🚀 and ünïcödé", "<eos> <unk> <EOS>", "\n" * 5000,
-     "the " * 2500, "\u2028\u2029\x85 the"],
-    ids=["empty", "spaces", "control", "emoji", "specials", "newlines", "longest", "separators"],
+     "the " * 2500, "\u2028\u2029\x85 the", "x" * 10_000, "?!...,;:-- ''", "\x00",
+     "the кот 猫 sees \ufeffa ball", "\u0301\u200b\u200d\ufffd"],
+    ids=["empty", "spaces", "control", "emoji", "specials", "newlines", "longest", "separators",
+         "one long word", "punctuation only", "NUL", "mixed scripts", "combining, zero-width"],
 )  # fmt: skip
 def test_odd_but_valid_text_is_answered(client: TestClient, text: str) -> None:
     response = client.post("/predict", json={"text": text})
     assert response.status_code == 200, response.text
     assert response.json()["tokens"][0] == "<eos>"
+
+
+@pytest.mark.parametrize("top_k", [1, 100, 7.0])
+def test_top_k_at_its_bounds_is_answered(client: TestClient, top_k: float) -> None:
+    response = client.post("/predict", json={"text": "the cat", "top_k": top_k})
+    assert response.status_code == 200, response.text
+    # The tiny model knows fewer than 100 words: it answers with all of them.
+    assert 1 <= len(response.json()["predictions"]) <= top_k
+
+
+def test_duplicate_keys_last_one_wins(client: TestClient) -> None:
+    # As in JavaScript and Python's json module; the answer shows which text was read.
+    body = b'{"text": "the dog", "text": "the cat", "top_k": 1}'
+    response = client.post("/predict", content=body, headers=JSON)
+    assert response.status_code == 200, response.text
+    assert response.json()["tokens"] == ["<eos>", "the", "cat"]
 
 
 def test_wrong_method_and_path(client: TestClient) -> None:
@@ -253,18 +291,43 @@ def _break_format(path: Path) -> str:
 
 def _break_remove_folder(path: Path) -> str:
     shutil.rmtree(path)
-    return r"tiny/1 does not exist: train it"
+    return rf"tiny/{path.name} does not exist: train it"
 
 
-@pytest.mark.parametrize(
-    "break_model",
-    [_break_remove_folder, _break_tokenizer_bytes, _break_truncate_weights,
-     _break_truncate_weights_and_fix_sha, _break_format],
-    ids=["missing folder", "sha256 mismatch", "truncated weights",
-         "truncated weights, sha256 updated", "wrong format version"],
-)  # fmt: skip
+def _break_remove_weights(path: Path) -> str:
+    (path / store.WEIGHTS).unlink()
+    return r"weights\.safetensors is missing: copy the whole version folder again"
+
+
+def _break_vocabulary_size(path: Path) -> str:
+    # A tokenizer from another model, its sha256 updated as a careless copy might.
+    tokenizer = Tokenizer.load(path / store.TOKENIZER)
+    (path / store.TOKENIZER).write_text(
+        Tokenizer(tokenizer.config, tokenizer.vocabulary[:-1]).to_json(), encoding="utf-8"
+    )
+    manifest = json.loads((path / store.MANIFEST).read_text())
+    manifest["files"][store.TOKENIZER] = store.sha256_file(path / store.TOKENIZER)
+    (path / store.MANIFEST).write_text(json.dumps(manifest))
+    return r"tokenizer\.json has \d+ words but the weights have \d+"
+
+
+# Every way a version folder can be broken, with the message that must name it. Shared with
+# tests/test_reload.py, where the same faults arrive as new versions of a running server.
+ModelFault = Callable[[Path], str]
+MODEL_FAULTS: list[Any] = [
+    pytest.param(_break_remove_folder, id="missing folder"),
+    pytest.param(_break_remove_weights, id="missing weights file"),
+    pytest.param(_break_tokenizer_bytes, id="sha256 mismatch"),
+    pytest.param(_break_truncate_weights, id="truncated weights"),
+    pytest.param(_break_truncate_weights_and_fix_sha, id="truncated weights, sha256 updated"),
+    pytest.param(_break_format, id="wrong format version"),
+    pytest.param(_break_vocabulary_size, id="vocabulary and weights differ"),
+]
+
+
+@pytest.mark.parametrize("break_model", MODEL_FAULTS)
 def test_a_bad_model_stops_start_up_with_a_clear_message(
-    tiny_model: TinyModel, tmp_path: Path, break_model: Any
+    tiny_model: TinyModel, tmp_path: Path, break_model: ModelFault
 ) -> None:
     path = tmp_path / "tiny" / "1"
     shutil.copytree(tiny_model.path, path)

@@ -34,6 +34,39 @@ def test_top_k_is_ordered_and_deterministic() -> None:
     assert engine.top_k(values, 0).tolist() == []
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_top_k_rows_is_a_full_sort_cut_short(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for width in [1, 5, 63, 64, 65, 200, 10_000]:
+        batch = int(rng.integers(1, 5))
+        # Few distinct values in one case (many ties), peaked probabilities in the other.
+        if seed % 2:
+            values = rng.integers(0, 20, (batch, width)).astype(np.float32)
+        else:
+            values = engine.softmax(rng.normal(0, 4, (batch, width)).astype(np.float32))
+        ks = [int(k) for k in rng.integers(0, 120, batch)]
+        firsts = [int(f) for f in rng.integers(0, min(3, width), batch)]
+        for row, (got, k, first) in enumerate(
+            zip(engine.top_k_rows(values, ks, firsts), ks, firsts, strict=True)
+        ):
+            columns = np.arange(first, width)
+            expected = columns[np.lexsort((columns, -values[row, first:]))][:k]
+            assert got.tolist() == expected.tolist()
+
+
+def test_next_words_are_the_softmax_and_its_top_k() -> None:
+    arrays = _random_arrays(300, 4, 4, tied=True)
+    weights = engine.weights_from_arrays(arrays, engine.Architecture(300, 4, 4, True))
+    states = np.stack([engine.run(weights, ids) for ids in ([1], [1, 5, 9], [1, 2])])
+    answers = engine.next_words(weights, states, [3, 1, 300], [2, 0, 2])
+    for state, (ids, probabilities), k, first in zip(
+        states, answers, [3, 1, 300], [2, 0, 2], strict=True
+    ):
+        full = engine.softmax(engine.logits(weights, state))
+        assert ids.tolist() == (engine.top_k(full[first:], k) + first).tolist()
+        assert probabilities.tobytes() == full[ids].tobytes()
+
+
 def _random_arrays(
     vocab: int, embed: int, hidden: int, tied: bool, seed: int = 0
 ) -> dict[str, np.ndarray]:
@@ -77,12 +110,11 @@ def test_forward_pass_is_the_simple_rnn_written_out(embed: int, hidden: int, tie
     state = engine.run(weights, ids)
     assert state.dtype == np.float32 and state.shape == (hidden,)
     np.testing.assert_allclose(engine.logits(weights, state), expected, rtol=1e-5, atol=1e-5)
-    # A batch of states gives the same rows as one state at a time (to float32 rounding: BLAS
-    # multiplies a matrix and a vector in another order than two matrices).
-    batch = np.stack([state, engine.run(weights, ids[:2])])
-    np.testing.assert_allclose(
-        engine.logits(weights, batch)[0], engine.logits(weights, state), rtol=1e-6
-    )
+    # A batch of states gives the very rows one state at a time gives, bit for bit: an answer
+    # never depends on the requests it was batched with.
+    batch = np.stack([state, engine.run(weights, ids[:2]), state])
+    for row, single in zip(engine.logits(weights, batch), [state, batch[1], state], strict=True):
+        assert row.tobytes() == engine.logits(weights, single).tobytes()
 
 
 def test_weights_are_checked_against_the_architecture() -> None:
@@ -135,6 +167,18 @@ def test_prefix_is_read_as_in_training(small: Predictor, text: str, tokens: list
     prefix = small.prefix(text)
     assert prefix.tokens == tokens
     assert prefix.ids == [small.tokenizer.vocabulary.index(t) for t in tokens]
+
+
+def test_control_characters_are_exactly_unicode_category_cc() -> None:
+    # The tokenizer finds them with a regular expression (a per-character category test cost
+    # ~60 µs per 1,000 characters of every request); it must be the same set.
+    import unicodedata
+
+    from app.tokenizer import _CONTROL
+
+    for code in range(0x110000):
+        is_control = unicodedata.category(chr(code)) == "Cc"
+        assert is_control == bool(_CONTROL.fullmatch(chr(code))), hex(code)
 
 
 def test_unknown_words_are_reported_as_the_user_wrote_them(small: Predictor) -> None:
@@ -262,3 +306,16 @@ def test_an_unknown_architecture_is_refused(copied: Path) -> None:
     (copied / store.MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(ModelStoreError, match=r"manifest\.json: architecture type 'transformer'"):
         Predictor.load(copied.parents[1], "tiny", 1)
+
+
+@pytest.mark.parametrize(("tied", "embed"), [(True, 48), (True, 32), (False, 48)])
+def test_a_batch_gives_the_rows_of_one_state_at_a_time_for_a_large_vocabulary(
+    tied: bool, embed: int
+) -> None:
+    # Large enough that a batch goes through the output layer in several slices.
+    arrays = _random_arrays(5000, embed, 48, tied)
+    weights = engine.weights_from_arrays(arrays, engine.Architecture(5000, embed, 48, tied))
+    states = np.stack([engine.run(weights, [1, i, 2 * i]) for i in range(1, 20)])
+    batch = engine.logits(weights, states)
+    for state, row in zip(states, batch, strict=True):
+        assert row.tobytes() == engine.logits(weights, state).tobytes()

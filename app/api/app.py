@@ -1,26 +1,38 @@
 """The FastAPI application: `create_app(settings)`.
 
-The model is loaded by the lifespan, once, when the server starts (never at import), and handed
-to the routes through `PredictorDep`. A model that cannot be loaded stops the start-up with a
-one-line message naming the file and the fix. Run it with `nextword serve`, or with
+The model is loaded by the lifespan when the server starts (never at import), held by a
+`ModelManager` that swaps in new versions as they are published, and handed to the routes
+through `PredictorDep`. A model that cannot be loaded stops the start-up with a one-line
+message naming the file and the fix. Run it with `nextword serve`, or with
 `uvicorn --factory app.api.app:create_app`.
+
+Requests pass through, outermost first:
+
+    CORS (only when NEXTWORD_CORS_ORIGINS is set)
+    InFlightLimit   503 + Retry-After past NEXTWORD_MAX_IN_FLIGHT (not /health, /ready)
+    BodySizeLimit   413 past NEXTWORD_MAX_BODY_BYTES, before anything is parsed
+    Deadline        504 when /predict has no answer within NEXTWORD_PREDICT_TIMEOUT_S
+    the routes      API key on /predict and /models, admin key on /admin (app.api.security)
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
-from starlette.concurrency import run_in_threadpool
 
-from app.api.errors import install_error_handlers
-from app.api.middleware import BodySizeLimit, OneLineStartupError
-from app.api.routes import router
-from app.inference.predictor import Predictor
+from app.api import admin
+from app.api.errors import documented, install_error_handlers
+from app.api.middleware import BodySizeLimit, Deadline, InFlightLimit, OneLineStartupError
+from app.api.routes import probes, router
+from app.api.security import require_admin_key, require_api_key
+from app.serving.manager import ModelManager
 from app.settings import Settings, load_settings
 
 logger = logging.getLogger("nextword")
@@ -44,21 +56,15 @@ def _package_version() -> str:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings
-    # Reading and checking the files takes a moment: off the event loop, like any blocking work.
-    predictor = await run_in_threadpool(
-        Predictor.load, settings.model_store, settings.model_name, settings.model_version
-    )
-    info = predictor.info
-    logger.info(
-        "serving model %s v%d from %s (vocabulary %d)",
-        info.name, info.version, info.path, info.vocabulary_size,
-    )  # fmt: skip
-    app.state.predictor = predictor
+    manager = ModelManager(app.state.settings)
+    await manager.start()  # loads and checks the model; raises ModelStoreError if it cannot
+    app.state.models = manager
     try:
         yield
     finally:
-        app.state.predictor = None  # /ready answers 503 while shutting down
+        # The server has finished the requests in flight by now (graceful shutdown).
+        app.state.models = None  # /ready answers 503 while shutting down
+        await manager.aclose()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -74,10 +80,48 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.predictor = None
-    app.include_router(router)
+    app.state.models = None
+    app.include_router(probes)
+    if settings.api_key is None:
+        app.include_router(router)
+    else:
+        app.include_router(
+            router, dependencies=[Depends(require_api_key)], responses=documented(401)
+        )
+    if settings.admin_key is not None:  # otherwise /admin/* is not there at all: 404
+        app.include_router(
+            admin.router, dependencies=[Depends(require_admin_key)], responses=documented(401)
+        )
     install_error_handlers(app)
-    # Added last = outermost: an oversized body is refused before anything else runs.
+    app.openapi = _openapi_with_limits(app, settings)  # type: ignore[method-assign]
+    # Added last = outermost.
     app.add_middleware(OneLineStartupError)
+    app.add_middleware(Deadline, seconds=settings.predict_timeout_s, paths=["/predict"])
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(InFlightLimit, limit=settings.max_in_flight, exempt=["/health", "/ready"])
+    if settings.cors_origins:
+        # Outermost, so that error answers (413, 503...) carry the CORS headers a browser
+        # needs to show them. No cookies are used: credentials stay off.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type", "X-API-Key", "Authorization"],
+            max_age=600,
+        )
     return app
+
+
+def _openapi_with_limits(app: FastAPI, settings: Settings) -> Callable[[], dict[str, Any]]:
+    """The OpenAPI document, with the text limit this server enforces rather than the ceiling
+    the request model allows (FastAPI's way to extend the document: replace `app.openapi`)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()  # builds and caches app.openapi_schema
+            text = schema["components"]["schemas"]["PredictRequest"]["properties"]["text"]
+            text["maxLength"] = settings.max_text_chars
+        return app.openapi_schema or {}
+
+    return openapi

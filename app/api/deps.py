@@ -1,21 +1,36 @@
-"""What routes are handed: the loaded predictor and the settings, both set up by the lifespan."""
+"""What routes are handed: the model manager, the predictor of the moment, the settings.
+
+Everything here is set up by the lifespan. A route asks for the predictor once, and keeps that
+object for the whole request: a model swapped in meanwhile does not change it, and the old one
+is not closed until the request has ended (`ModelManager.lease`).
+"""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from app.api.errors import ModelNotReady, UnsupportedMediaType
 from app.inference.predictor import Predictor
+from app.serving.manager import ModelManager
 from app.settings import Settings
 
+_NOT_READY = "the model is not loaded yet (or any more); try again shortly"
 
-def get_predictor(request: Request) -> Predictor:
-    predictor: Predictor | None = getattr(request.app.state, "predictor", None)
-    if predictor is None:
-        raise ModelNotReady("the model is not loaded yet (or any more); try again shortly")
-    return predictor
+
+def get_models(request: Request) -> ModelManager:
+    manager: ModelManager | None = getattr(request.app.state, "models", None)
+    if manager is None or manager.current is None:
+        raise ModelNotReady(_NOT_READY)
+    return manager
+
+
+async def get_predictor(request: Request) -> AsyncIterator[Predictor]:
+    manager = get_models(request)
+    async with manager.lease() as predictor:
+        yield predictor
 
 
 def get_settings(request: Request) -> Settings:
@@ -37,4 +52,5 @@ def require_json(request: Request) -> None:
 
 
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]
+ModelsDep = Annotated[ModelManager, Depends(get_models)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -8,7 +8,11 @@ All error bodies have one shape, `ErrorResponse`:
     TextTooLong                        422 invalid_request  text over NEXTWORD_MAX_TEXT_CHARS
     UnsupportedMediaType               415 unsupported_media_type
     (BodySizeLimit middleware)         413 payload_too_large
+    Unauthorized                       401 unauthorized         no or a wrong API / admin key
+    ModelRefused                       409 model_refused        POST /admin/reload: not served
     ModelNotReady                      503 model_not_ready
+    (InFlightLimit middleware)         503 overloaded           with Retry-After
+    (Deadline middleware)              504 timeout
     HTTPException (routing, parsing)   its status: not_found, method_not_allowed, bad_request
     anything else                      500 internal_error, no detail (the server log has it)
 """
@@ -16,7 +20,7 @@ All error bodies have one shape, `ErrorResponse`:
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import Any
+from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -44,6 +48,7 @@ class ApiError(Exception):
 
     status = HTTPStatus.BAD_REQUEST
     code = "bad_request"
+    headers: ClassVar[dict[str, str]] = {}  # sent with the response; never mutated
 
     def __init__(self, message: str, fields: list[FieldError] | None = None) -> None:
         super().__init__(message)
@@ -54,6 +59,20 @@ class ApiError(Exception):
 class ModelNotReady(ApiError):
     status = HTTPStatus.SERVICE_UNAVAILABLE
     code = "model_not_ready"
+    headers: ClassVar[dict[str, str]] = {"Retry-After": "1"}
+
+
+class Unauthorized(ApiError):
+    status = HTTPStatus.UNAUTHORIZED
+    code = "unauthorized"
+    headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": 'Bearer realm="nextword"'}
+
+
+class ModelRefused(ApiError):
+    """A version asked for by POST /admin/reload failed its checks; the old one still serves."""
+
+    status = HTTPStatus.CONFLICT
+    code = "model_refused"
 
 
 class UnsupportedMediaType(ApiError):
@@ -79,9 +98,10 @@ def error_json(
 
 
 def _field_name(location: tuple[Any, ...] | list[Any]) -> str:
-    # ("body", "text") -> "text"; ("body",) or ("body", 12) (a JSON syntax error) -> "body".
+    # ("body", "text") -> "text"; ("query", "version") -> "version"; ("body",) or
+    # ("body", 12) (a JSON syntax error) -> "body".
     parts = [str(part) for part in location[1:] if isinstance(part, str)]
-    return ".".join(parts) if parts and location[0] == "body" else "body"
+    return ".".join(parts) if parts and location[0] in ("body", "query") else "body"
 
 
 def _validation_fields(error: RequestValidationError) -> list[FieldError]:
@@ -108,7 +128,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def on_api_error(request: Request, error: ApiError) -> JSONResponse:
-        return error_json(error.status, error.code, error.message, error.fields)
+        response = error_json(error.status, error.code, error.message, error.fields)
+        response.headers.update(error.headers)
+        return response
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_exception(request: Request, error: StarletteHTTPException) -> JSONResponse:
@@ -153,11 +175,34 @@ _DOCUMENTED: dict[int, tuple[str, dict[str, Any]]] = {
             "fields": [{"field": "text", "message": _TOO_LONG, "type": "too_long"}],
         },
     ),
-    503: (
-        "The model is not loaded (the server is starting or stopping).",
+    401: (
+        "The key is missing or wrong: send it as `X-API-Key: <key>` or "
+        "`Authorization: Bearer <key>`.",
+        {"error": "unauthorized", "message": "this route needs an API key", "fields": []},
+    ),
+    409: (
+        "The version failed its checks and is not served; the model served before still is.",
         {
-            "error": "model_not_ready",
-            "message": "the model is not loaded yet (or any more); try again shortly",
+            "error": "model_refused",
+            "message": "tiny/2/weights.safetensors does not match the sha256 in its manifest",
+            "fields": [],
+        },
+    ),
+    503: (
+        "`overloaded`: NEXTWORD_MAX_IN_FLIGHT requests are already being answered, or "
+        "`model_not_ready`: the model is not loaded (starting or stopping). Retry after the "
+        "`Retry-After` seconds.",
+        {
+            "error": "overloaded",
+            "message": "the server is answering 128 requests already; retry after 1 s",
+            "fields": [],
+        },
+    ),
+    504: (
+        "The answer took longer than NEXTWORD_PREDICT_TIMEOUT_S.",
+        {
+            "error": "timeout",
+            "message": "no answer within 10 s (NEXTWORD_PREDICT_TIMEOUT_S); retry later",
             "fields": [],
         },
     ),
@@ -166,11 +211,15 @@ _DOCUMENTED: dict[int, tuple[str, dict[str, Any]]] = {
 
 def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` for these error statuses: the ErrorResponse schema, an example."""
-    return {
-        status: {
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        responses[status] = {
             "model": ErrorResponse,
             "description": _DOCUMENTED[status][0],
             "content": {"application/json": {"example": _DOCUMENTED[status][1]}},
         }
-        for status in statuses
-    }
+        if status == HTTPStatus.SERVICE_UNAVAILABLE:
+            responses[status]["headers"] = {
+                "Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}
+            }
+    return responses

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Collection
 from contextlib import suppress
 from http import HTTPStatus
 
@@ -78,6 +80,81 @@ class BodySizeLimit:
         # Tell the server to close the connection: the rest of the body is not going to be read.
         response.headers["connection"] = "close"
         await response(scope, receive, send)
+
+
+class InFlightLimit:
+    """Answer 503 with Retry-After at once when `limit` requests are already being answered.
+
+    Queueing without a bound only moves the wait into memory and past the clients' own
+    time-outs; a quick 503 lets a client or load balancer retry later or elsewhere. The probes
+    (`exempt`, e.g. /health) always pass: they must keep saying whether the process is alive.
+    One event loop runs this, so the counter needs no lock.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, exempt: Collection[str] = ()) -> None:
+        self.app = app
+        self.limit = limit
+        self.exempt = frozenset(exempt)
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.exempt:
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            response = error_json(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                "overloaded",
+                f"the server is answering {self.limit} requests already; retry after 1 s",
+            )
+            response.headers["retry-after"] = "1"
+            await response(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
+class Deadline:
+    """Answer 504 when a request under `paths` has no response after `seconds`.
+
+    The request is cancelled at the deadline (`asyncio.timeout`), which ends an `await` on model
+    work at once; work that runs in a thread pool finishes first, and the 504 follows it. A
+    response that has started is never cut: streaming it is not model work. It costs one timer
+    a request: ~9 us measured, against ~26 us for running each request in a task of its own.
+    """
+
+    def __init__(self, app: ASGIApp, seconds: float, paths: Collection[str]) -> None:
+        self.app = app
+        self.seconds = seconds
+        self.paths = frozenset(paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.paths:
+            await self.app(scope, receive, send)
+            return
+        deadline = asyncio.timeout(self.seconds)
+
+        async def send_and_disarm(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                deadline.reschedule(None)
+            await send(message)
+
+        try:
+            async with deadline:
+                await self.app(scope, receive, send_and_disarm)
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # the app's own time-out, not ours: a bug, reported as one
+            response = error_json(
+                HTTPStatus.GATEWAY_TIMEOUT,
+                "timeout",
+                f"no answer within {self.seconds:g} s (NEXTWORD_PREDICT_TIMEOUT_S); "
+                "retry later, or with a shorter text",
+            )
+            await response(scope, receive, send)
 
 
 class OneLineStartupError:

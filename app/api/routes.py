@@ -1,13 +1,16 @@
-"""The endpoints: each validates, calls the predictor, and shapes the answer."""
+"""The endpoints: each validates, calls the predictor, and shapes the answer.
+
+`router` holds the model routes (behind NEXTWORD_API_KEY when it is set); `probes` holds
+/health and /ready, which stay open for load balancers and orchestrators.
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from app.api.deps import PredictorDep, SettingsDep, require_json
+from app.api.deps import ModelsDep, PredictorDep, SettingsDep, require_json
 from app.api.errors import TextTooLong, documented
 from app.api.schemas import (
-    ModelDescription,
     ModelRef,
     ModelsResponse,
     PredictRequest,
@@ -17,18 +20,19 @@ from app.api.schemas import (
 )
 
 router = APIRouter()
+probes = APIRouter(tags=["operations"])
 
 
-# A plain `def`: the forward pass is CPU work, so FastAPI runs it in its thread pool and the
-# event loop stays free (NumPy releases the GIL in the matrix products).
+# `async def`: the predictor keeps the event loop free itself (a request alone costs a step or
+# two; concurrent ones are batched onto its worker thread), with no thread-pool hop per request.
 @router.post(
     "/predict",
     summary="Predict the next word",
     tags=["prediction"],
     dependencies=[Depends(require_json)],
-    responses=documented(400, 413, 415, 422, 503),
+    responses=documented(400, 413, 415, 422, 503, 504),
 )
-def predict(
+async def predict(
     body: PredictRequest, predictor: PredictorDep, settings: SettingsDep
 ) -> PredictResponse:
     """The most likely next words after `text`, with the model's probabilities.
@@ -38,19 +42,18 @@ def predict(
     """
     if len(body.text) > settings.max_text_chars:
         raise TextTooLong(len(body.text), settings.max_text_chars)
-    prediction = predictor.predict(body.text, body.top_k, body.include_special)
+    prediction = await predictor.predict_async(body.text, body.top_k, body.include_special)
     return PredictResponse.of(prediction, predictor.info)
 
 
-@router.get("/health", summary="The process is alive", tags=["operations"])
+@probes.get("/health", summary="The process is alive")
 async def health() -> Status:
     return Status(status="ok")
 
 
-@router.get(
+@probes.get(
     "/ready",
     summary="The model is loaded and requests are answered",
-    tags=["operations"],
     responses=documented(503),
 )
 async def ready(predictor: PredictorDep) -> ReadyResponse:
@@ -61,9 +64,9 @@ async def ready(predictor: PredictorDep) -> ReadyResponse:
 
 @router.get(
     "/models",
-    summary="The model being served: sizes, architecture and metrics",
+    summary="The model being served (sizes, architecture, metrics) and the versions refused",
     tags=["models"],
     responses=documented(503),
 )
-async def models(predictor: PredictorDep) -> ModelsResponse:
-    return ModelsResponse(models=[ModelDescription.of(predictor.info)])
+async def models(models: ModelsDep, settings: SettingsDep) -> ModelsResponse:
+    return ModelsResponse.of(models, settings.model_store)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.inference.predictor import ModelInfo, Prediction
+from app.serving.manager import ModelManager, Refusal, ReloadOutcome
 
 # Hard ceiling for the schema; the server's own limit (NEXTWORD_MAX_TEXT_CHARS, lower by
 # default) is checked in the route, since a schema cannot read settings.
@@ -37,6 +40,15 @@ class PredictRequest(BaseModel):
         default=False,
         description="Also offer the unknown-word and sentence-end tokens as predictions.",
     )
+
+    @field_validator("top_k", mode="before")
+    @classmethod
+    def _integral_number(cls, value: Any) -> Any:
+        # JSON has one number type: 5.0 is the integer 5 (JSON Schema says so too), while
+        # strict mode would refuse it. "5", true and 5.5 are still refused.
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
 
 
 class WordProbability(BaseModel):
@@ -128,5 +140,53 @@ class ReadyResponse(BaseModel):
     model: ModelRef
 
 
+class RefusedVersion(BaseModel):
+    version: int | None = Field(description="None when no version could be chosen at all")
+    reason: str = Field(description="Why it is not served (paths shown inside the store)")
+    refused_at: datetime
+
+    @classmethod
+    def of(cls, refusal: Refusal, store: Path) -> RefusedVersion:
+        return cls(
+            version=refusal.version,
+            reason=inside_store(refusal.reason, store),
+            refused_at=datetime.fromtimestamp(refusal.at, UTC),
+        )
+
+
 class ModelsResponse(BaseModel):
-    models: list[ModelDescription]
+    models: list[ModelDescription] = Field(description="The version being served")
+    refused: list[RefusedVersion] = Field(
+        default_factory=list,
+        description="Versions that failed their checks, most recent first; a refused version "
+        "is tried again when its folder changes",
+    )
+
+    @classmethod
+    def of(cls, manager: ModelManager, store: Path) -> ModelsResponse:
+        served = manager.current
+        return cls(
+            models=[ModelDescription.of(served.info)] if served else [],
+            refused=[RefusedVersion.of(refusal, store) for refusal in manager.refusals()],
+        )
+
+
+def inside_store(reason: str, store: Path) -> str:
+    # The server's own folders are not the client's business: show paths from the store down.
+    # (Messages name resolved paths: app.store.version_dir resolves them.)
+    root = store.resolve()
+    return reason if root == root.parent else reason.replace(f"{root}/", "")
+
+
+class ReloadResponse(BaseModel):
+    status: Literal["loaded", "unchanged"] = Field(
+        description="`loaded`: the version is now served; `unchanged`: it already was"
+    )
+    model: ModelRef
+
+    @classmethod
+    def of(cls, outcome: ReloadOutcome, info: ModelInfo) -> ReloadResponse:
+        status: Literal["loaded", "unchanged"] = (
+            "loaded" if outcome.status == "loaded" else "unchanged"
+        )
+        return cls(status=status, model=ModelRef(name=info.name, version=info.version))

@@ -12,6 +12,11 @@ step's embedding vector by the input kernel, which is the same as picking that w
 
 Everything here is a pure function of its arguments, float32 throughout, and the weights are
 read-only, so one `RnnWeights` can serve many threads at once.
+
+A batch of states gives, row for row, the very bits one state gives: the products are done as a
+stack of matrix-vector products, never as one matrix-matrix product (BLAS sums those in another
+order, which moves probabilities by up to 2e-6), so an answer never depends on which other
+requests shared its batch.
 """
 
 from __future__ import annotations
@@ -69,6 +74,8 @@ class RnnWeights:
     projection: np.ndarray | None  # (hidden, embedding) when tied and the sizes differ
     output_kernel: np.ndarray  # (hidden or embedding, vocab); tied: a view of embeddingᵀ
     output_bias: np.ndarray  # (vocab,)
+    # Columns of the output kernel a batch takes at a time (see _rows_times); 0: all at once.
+    output_slice: int = 0
 
     @property
     def vocab_size(self) -> int:
@@ -115,19 +122,33 @@ def weights_from_arrays(arrays: Mapping[str, np.ndarray], architecture: Architec
         checked[name] = array
 
     embedding = checked["embedding"]
+    # Tied: logits = y · embeddingᵀ. The transposed view costs no copy; BLAS reads it as is.
+    output_kernel = checked["output.kernel"] if not architecture.tied else embedding.T
     weights = RnnWeights(
         input_table=embedding @ checked["rnn.input_kernel"],
         recurrent_kernel=checked["rnn.recurrent_kernel"],
         bias=checked["rnn.bias"],
         projection=checked.get("projection.kernel"),
-        # Tied: logits = y · embeddingᵀ. The transposed view costs no copy; BLAS reads it as is.
-        output_kernel=checked["output.kernel"] if not architecture.tied else embedding.T,
+        output_kernel=output_kernel,
         output_bias=checked["output.bias"],
+        output_slice=_exact_slice(output_kernel),
     )
     for array in (*vars(weights).values(), embedding):
-        if array is not None:
+        if isinstance(array, np.ndarray):
             array.flags.writeable = False  # shared by every request: nothing may change it
     return weights
+
+
+def _exact_slice(matrix: np.ndarray) -> int:
+    """Columns per slice for a batch times `matrix`: ~512 KiB, a multiple of 64 columns, so
+    that BLAS groups the columns of a slice as it does those of the whole matrix; 0 (no slices)
+    if that does not give the very bits of one row at a time with this BLAS (checked here)."""
+    columns = (_SLICE_BYTES // (matrix.shape[0] * matrix.itemsize)) // 64 * 64
+    if columns < 64 or columns >= matrix.shape[1]:
+        return 0
+    rows = np.random.default_rng(0).standard_normal((3, matrix.shape[0])).astype(matrix.dtype)
+    one_at_a_time = np.stack([row @ matrix for row in rows])
+    return columns if np.array_equal(_rows_times(rows, matrix, columns), one_at_a_time) else 0
 
 
 def rnn_step(
@@ -138,7 +159,12 @@ def rnn_step(
     `input_row` is x_t · W_xh, already looked up in the input table. Works on one state
     (hidden,) or a batch (batch, hidden).
     """
-    return np.tanh(input_row + state @ recurrent_kernel + bias)
+    # In place on the one new array; the same sums in the same order as
+    # tanh(input_row + state @ recurrent_kernel + bias), so the same bits.
+    out = _rows_times(state, recurrent_kernel)
+    out += input_row
+    out += bias
+    return np.tanh(out, out=out)
 
 
 def run(weights: RnnWeights, ids: Sequence[int], state: np.ndarray | None = None) -> np.ndarray:
@@ -150,12 +176,67 @@ def run(weights: RnnWeights, ids: Sequence[int], state: np.ndarray | None = None
     return state
 
 
+def run_rows(
+    weights: RnnWeights, tokens: Sequence[Sequence[int]], states: np.ndarray
+) -> np.ndarray:
+    """Each row of `states` (batch, hidden) after reading its own ids, `tokens[row]`; rows may
+    read different numbers of ids. Row for row the same bits as `run`."""
+    if len(tokens) == 1:  # one row: no bookkeeping of which rows are still reading
+        return run(weights, tokens[0], states[0])[None, :]
+    states = states.copy()
+    for t in range(max(map(len, tokens), default=0)):
+        rows = [row for row, ids in enumerate(tokens) if len(ids) > t]
+        inputs = weights.input_table[[tokens[row][t] for row in rows]]
+        if len(rows) == len(states):
+            states = rnn_step(inputs, states, weights.recurrent_kernel, weights.bias)
+        else:
+            states[rows] = rnn_step(inputs, states[rows], weights.recurrent_kernel, weights.bias)
+    return states
+
+
 def logits(weights: RnnWeights, states: np.ndarray) -> np.ndarray:
     """Output-layer scores for one state (hidden,) -> (vocab,) or a batch -> (batch, vocab)."""
-    features = states if weights.projection is None else states @ weights.projection
-    scores = features @ weights.output_kernel  # the one vocab-sized array a request allocates
+    features = states if weights.projection is None else _rows_times(states, weights.projection)
+    # The one vocab-sized array per row.
+    scores = _rows_times(features, weights.output_kernel, weights.output_slice)
     scores += weights.output_bias
     return scores
+
+
+def next_words(
+    weights: RnnWeights, states: np.ndarray, ks: Sequence[int], firsts: Sequence[int]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """For each state (batch, hidden): the ks[r] most likely next ids from firsts[r] on, most
+    likely first, and their probabilities over the whole vocabulary (float32)."""
+    probabilities = softmax(logits(weights, states), in_place=True)  # (batch, vocab)
+    best = top_k_rows(probabilities, ks, firsts)
+    return [(ids, probabilities[row, ids]) for row, ids in enumerate(best)]
+
+
+# Bytes of the output kernel a batch multiplies by before it moves on (see _rows_times): well
+# within a core's L2 cache (1-2 MiB on current x86).
+_SLICE_BYTES = 1 << 19
+
+
+def _rows_times(rows: np.ndarray, matrix: np.ndarray, columns: int = 0) -> np.ndarray:
+    """Each row times `matrix`, as a matrix-vector product: (n,) -> (m,), (batch, n) -> (batch, m).
+
+    (batch, 1, n) @ (n, m) makes NumPy call BLAS gemv once per row (the GIL released for all of
+    them), so every row is bit for bit what `row @ matrix` gives. With `columns`, a batch goes
+    through the matrix that many columns at a time, every row on one slice before the next: a
+    10 MB output layer is read from memory once a batch instead of once a row, and each slice
+    from the L2 cache by the other rows (`_exact_slice` checked that the bits are the same).
+    """
+    if rows.ndim == 1:
+        return rows @ matrix
+    stacked = rows[:, None, :]  # (batch, 1, n)
+    if not columns or rows.shape[0] == 1:
+        return np.matmul(stacked, matrix)[:, 0, :]
+    out = np.empty((rows.shape[0], 1, matrix.shape[1]), dtype=np.result_type(rows, matrix))
+    for start in range(0, matrix.shape[1], columns):
+        end = start + columns
+        np.matmul(stacked, matrix[:, start:end], out=out[:, :, start:end])
+    return out[:, 0, :]
 
 
 def softmax(scores: np.ndarray, in_place: bool = False) -> np.ndarray:
@@ -172,10 +253,52 @@ def softmax(scores: np.ndarray, in_place: bool = False) -> np.ndarray:
 
 def top_k(values: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k largest of a 1-D array, largest first (equal values in index order)."""
-    k = min(k, values.shape[0])
-    if k <= 0:
-        return np.empty(0, dtype=np.intp)
-    # argpartition finds the k best in O(vocab) without sorting the rest; only they are sorted.
-    best = np.argpartition(values, values.shape[0] - k)[-k:]
-    order = np.lexsort((best, -values[best]))  # by value falling, then by index rising
-    return best[order]
+    return top_k_rows(values[None, :], [k], [0])[0]
+
+
+# Columns per block when bounding the k-th largest value of a row (see top_k_rows).
+_BLOCK = 64
+
+
+def top_k_rows(values: np.ndarray, ks: Sequence[int], firsts: Sequence[int]) -> list[np.ndarray]:
+    """For each row r of `values` (batch, n): the indices of its ks[r] largest values among
+    columns firsts[r] and after, largest first, equal values in index order.
+
+    A sort, or even argpartition (~100 µs for 10,000 values), is more than a request needs.
+    Instead, deal the columns into groups of 64 (column j to group j mod groups): K values reach
+    the K-th largest group maximum (one in each of K groups), so the K largest values are all at
+    or above it. Only the few columns there are sorted, for the whole batch at once.
+    """
+    batch, width = values.shape
+    most = min(max(ks, default=0), width)
+    if most <= 0:
+        return [np.empty(0, dtype=np.intp) for _ in range(batch)]
+    lead = max(firsts)  # the columns before it are few (the special tokens): always candidates
+    region = values[:, lead:]
+    blocks = region.shape[1] // _BLOCK
+    if blocks > most:
+        # (batch, 64, blocks) -> (batch, blocks): a maximum over 64 rows, SIMD across columns.
+        block_max = region[:, : blocks * _BLOCK].reshape(batch, _BLOCK, blocks).max(axis=1)
+        tail = region[:, blocks * _BLOCK :]
+        if tail.shape[1]:
+            block_max = np.concatenate([block_max, tail.max(axis=1, keepdims=True)], axis=1)
+        count = block_max.shape[1]
+        bound = np.partition(block_max, count - most, axis=1)[:, count - most]
+        flat = np.flatnonzero(region >= bound[:, None])  # much faster than a 2-D nonzero
+    else:  # fewer groups than values wanted: every column is a candidate
+        flat = np.arange(region.size)
+    rows, columns = np.divmod(flat, region.shape[1])
+    columns += lead
+    extra = [(r, c) for r, first in enumerate(firsts) for c in range(first, lead)]
+    if extra:
+        rows = np.concatenate([rows, np.array([r for r, _ in extra], dtype=rows.dtype)])
+        columns = np.concatenate([columns, np.array([c for _, c in extra], dtype=columns.dtype)])
+    # By row, then value falling, then index rising.
+    order = np.lexsort((columns, -values[rows, columns], rows))
+    rows, columns = rows[order], columns[order]
+    counts = np.bincount(rows, minlength=batch)
+    starts = np.cumsum(counts) - counts  # where each row's candidates begin
+    return [
+        columns[start : start + max(0, min(k, count))]
+        for start, count, k in zip(starts.tolist(), counts.tolist(), ks, strict=True)
+    ]

@@ -1,21 +1,20 @@
 """Next-word prediction from text: the tokenizer, the NumPy engine and the model's metadata.
 
-The prefix the model reads is built as in training, where every corpus line is a sentence closed
-by <eos> and the stream of lines is read from a zero state:
+A request goes through three stages, each with what makes it cheap when it comes again:
 
-    ""              ->  <eos>                      the first word of a sentence
-    "the cat"       ->  <eos> the cat
-    "the cat\\nit"   ->  <eos> the cat <eos> it     a line break ends a sentence
-    "the cat\\n"     ->  <eos> the cat <eos>
+    text ── tokenise ──> ids        TextCache (reading.py): when the text before the last
+                                    space was seen, only the words after it are tokenised
+    ids ── recurrent steps ──> state    StateCache: from the longest prefix whose state is kept
+    state ── output layer ──> words     MicroBatcher: concurrent requests' steps and output
+                                        layers in one batch, on a worker thread (async only)
 
-Blank lines add nothing (training drops them), so <eos> never follows <eos> because of them.
-The work is split so that a later cache or batcher can slot in between: `prefix` (text -> ids),
-`state_for` (ids -> hidden state), `distribution` (state -> probabilities over the vocabulary).
+`predict` (blocking) and `predict_async` (on the event loop) give the same answer, bit for bit,
+with the caches on or off, alone or in a batch, as the engine gave before any of this.
 """
 
 from __future__ import annotations
 
-import re
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +24,20 @@ import numpy as np
 
 from app import store
 from app.inference import engine
+from app.inference.batcher import MicroBatcher
+from app.inference.cache import CHAIN_START, CachedState, StateCache, chain_of
+from app.inference.options import InferenceOptions
+from app.inference.reading import Reading, TextReader
 from app.store import ModelStoreError
-from app.tokenizer import Tokenizer, TokenizerError, standardise
+from app.tokenizer import Tokenizer, TokenizerError
 
-# The line breaks str.splitlines() knows, which is how the training corpus was cut into lines.
-_LINE_BREAK = re.compile(r"\r\n|[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
 # Ids below this are the special tokens (the Tokenizer guarantees <unk> = 0 and <eos> = 1).
 FIRST_WORD_ID = max(Tokenizer.unknown_id, Tokenizer.end_id) + 1
+# A long prefix read from scratch yields the event loop after this many steps (~0.3 ms), so
+# other requests are not held up behind it.
+STEPS_PER_TURN = 64
+
+__all__ = ["InferenceOptions", "ModelInfo", "Prediction", "Predictor", "Prefix"]
 
 
 @dataclass(frozen=True)
@@ -49,11 +55,25 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class Prefix:
-    """Text as the model reads it."""
+    """Text as the model reads it (see app.inference.reading)."""
 
     ids: list[int]  # always starts with <eos>
     tokens: list[str]  # the words of `ids`, unknown words as the unknown token
     unknown_words: list[str]  # the user's words (after standardisation) the model does not know
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What a request hands the batcher."""
+
+    ids: tuple[int, ...]  # the whole prefix
+    start: CachedState  # the longest prefix of it whose state is stored
+    top_k: int
+    first: int  # the lowest id that may be offered (no special tokens: FIRST_WORD_ID)
+
+
+# What it gets back: the ids most likely first, and their probabilities.
+_Best = tuple[np.ndarray, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -69,9 +89,19 @@ class Prediction:
 
 
 class Predictor:
-    """A loaded model that answers "which word comes next?". Thread-safe: it holds no state."""
+    """A loaded model that answers "which word comes next?".
 
-    def __init__(self, weights: engine.RnnWeights, tokenizer: Tokenizer, info: ModelInfo) -> None:
+    Thread-safe (the caches take locks); `predict_async` and `aclose` belong to one event loop.
+    Each Predictor owns its caches and batcher, so an old and a new one can serve side by side.
+    """
+
+    def __init__(
+        self,
+        weights: engine.RnnWeights,
+        tokenizer: Tokenizer,
+        info: ModelInfo,
+        options: InferenceOptions | None = None,
+    ) -> None:
         if weights.vocab_size != tokenizer.size:
             raise ModelStoreError(
                 f"{info.path / store.TOKENIZER} has {tokenizer.size} words but the weights have "
@@ -81,9 +111,22 @@ class Predictor:
         self.weights = weights
         self.tokenizer = tokenizer
         self.info = info
+        self.options = options = options or InferenceOptions()
+        size = options.cache_size
+        self.reader = TextReader(tokenizer, cache_size=size)
+        self._states = StateCache(size) if size else None
+        self._batcher: MicroBatcher[_Job, _Best] = MicroBatcher(
+            self._next_words, options.batch_max_size, options.batch_max_wait_ms / 1000
+        )
 
     @classmethod
-    def load(cls, model_store: Path, name: str, version: int | str = "latest") -> Predictor:
+    def load(
+        cls,
+        model_store: Path,
+        name: str,
+        version: int | str = "latest",
+        options: InferenceOptions | None = None,
+    ) -> Predictor:
         """Load and check one version; any problem raises ModelStoreError naming the file."""
         path = store.version_dir(model_store, name, version)
         if not path.is_dir():
@@ -91,15 +134,17 @@ class Predictor:
                 f"model folder {path} does not exist: train it with `nextword train --name "
                 f"{name}` or choose another (NEXTWORD_MODEL_STORE / _NAME / _VERSION)"
             )
+        options = options or InferenceOptions()
+        options.apply_blas_threads()
         try:
-            return cls._read(path)
+            return cls._read(path, options)
         except OSError as error:  # e.g. a file the server's user may not read
             raise ModelStoreError(
                 f"cannot read the model in {path} ({error}): check the files and permissions"
             ) from None
 
     @classmethod
-    def _read(cls, path: Path) -> Predictor:
+    def _read(cls, path: Path, options: InferenceOptions) -> Predictor:
         manifest = store.read_manifest(path)  # format and sha256 of every file
         try:
             architecture = engine.Architecture.from_manifest(manifest.get("architecture"))
@@ -131,32 +176,21 @@ class Predictor:
             metrics=_mapping(manifest.get("metrics")),
             created=str(manifest.get("created") or "") or None,
         )
-        return cls(weights, tokenizer, info)
+        return cls(weights, tokenizer, info, options)
+
+    # --- text -> ids ---------------------------------------------------------------------------
 
     def prefix(self, text: str) -> Prefix:
         """The ids the model reads for `text`: <eos>, then the words, a line break as <eos>."""
-        tokenizer = self.tokenizer
-        ids = [tokenizer.end_id]
-        unknown_words: list[str] = []
-        for number, line in enumerate(_LINE_BREAK.split(text)):
-            if number > 0 and ids[-1] != tokenizer.end_id:
-                ids.append(tokenizer.end_id)
-            line_ids = tokenizer.encode(line)
-            if tokenizer.unknown_id in line_ids:
-                # Standardise again only when there is something to report (encode maps the
-                # standardised words one to one, so the two lists line up).
-                words = standardise(line, tokenizer.config)
-                unknown_words += [
-                    word
-                    for word, id_ in zip(words, line_ids, strict=True)
-                    if id_ == tokenizer.unknown_id and word != tokenizer.config.unknown_token
-                ]
-            ids += line_ids
-        return Prefix(ids, tokenizer.decode(ids), unknown_words)
+        reading = self.reader.read(text)
+        return Prefix(list(reading.ids), list(reading.tokens), list(reading.unknown_words))
+
+    # --- ids -> state -> next words -----------------------------------------------------------
 
     def state_for(self, ids: Sequence[int]) -> np.ndarray:
         """The hidden state after reading `ids` from a zero state: (hidden,), float32."""
-        return engine.run(self.weights, ids)
+        key = tuple(ids)
+        return self._read_rows([_Job(key, self._start(key), 1, 0)])[0]
 
     def distribution(self, state: np.ndarray) -> np.ndarray:
         """Probabilities of every vocabulary id coming next: (vocab,) float32, summing to 1.
@@ -171,15 +205,91 @@ class Predictor:
         The unknown and sentence-end tokens are left out unless `include_special`; the
         probabilities are the model's own over the whole vocabulary (they are not renormalised).
         """
+        reading = self._check_and_read(text, top_k)
+        first = 0 if include_special else FIRST_WORD_ID
+        job = _Job(reading.ids, self._start(reading.ids), top_k, first)
+        return self._prediction(reading, self._next_words([job])[0])
+
+    async def predict_async(
+        self, text: str, top_k: int = 5, include_special: bool = False
+    ) -> Prediction:
+        """`predict` for the event loop: the recurrent steps and the output layer are batched
+        with concurrent requests, on a worker thread when there are any. The same answer."""
+        reading = self._check_and_read(text, top_k)
+        start = self._start(reading.ids)
+        if len(reading.ids) - start.length > STEPS_PER_TURN:
+            start = await self._read_long(reading.ids, start)
+        first = 0 if include_special else FIRST_WORD_ID
+        job = _Job(reading.ids, start, top_k, first)
+        return self._prediction(reading, await self._batcher.submit(job))
+
+    def _start(self, key: tuple[int, ...]) -> CachedState:
+        # The longest prefix of `key` with a stored state: reading starts there.
+        if self._states is None:
+            return CachedState(0, None, CHAIN_START)
+        return self._states.lookup(key)
+
+    async def _read_long(self, key: tuple[int, ...], start: CachedState) -> CachedState:
+        """Read a long prefix on the loop, yielding it every STEPS_PER_TURN steps (a batch
+        waits for its slowest row: a long one would hold up all the others)."""
+        state, chain, done = start.state, start.chain, start.length
+        if state is None:
+            state = np.zeros(self.weights.hidden_units, dtype=engine.FLOAT)
+        while done < len(key):
+            chunk = key[done : done + STEPS_PER_TURN]
+            state = engine.run(self.weights, chunk, state)
+            chain = chain_of(chunk, chain)
+            done += len(chunk)
+            await asyncio.sleep(0)
+        if self._states is not None:
+            self._states.store(key, state, chain)
+        return CachedState(done, state, chain)
+
+    def _read_rows(self, jobs: Sequence[_Job]) -> np.ndarray:
+        """The state after each job's ids, (batch, hidden): from its start, all rows together."""
+        zero = np.zeros(self.weights.hidden_units, dtype=engine.FLOAT)
+        starts = np.stack([zero if job.start.state is None else job.start.state for job in jobs])
+        rests = [job.ids[job.start.length :] for job in jobs]
+        states = engine.run_rows(self.weights, rests, starts)
+        if self._states is not None:
+            for job, rest, state in zip(jobs, rests, states, strict=True):
+                if rest:
+                    self._states.store(job.ids, state.copy(), chain_of(rest, job.start.chain))
+        return states
+
+    def _next_words(self, jobs: Sequence[_Job]) -> list[_Best]:
+        """Batched work (on the loop or the batcher's worker): steps, then the output layer."""
+        states = self._read_rows(jobs)
+        ks = [job.top_k for job in jobs]
+        firsts = [job.first for job in jobs]
+        return engine.next_words(self.weights, states, ks, firsts)
+
+    def _check_and_read(self, text: str, top_k: int) -> Reading:
         if top_k < 1:
             raise ValueError(f"top_k must be 1 or more, not {top_k}")
-        prefix = self.prefix(text)
-        probabilities = self.distribution(self.state_for(prefix.ids))
-        first = 0 if include_special else FIRST_WORD_ID
-        best = engine.top_k(probabilities[first:], top_k) + first
+        return self.reader.read(text)
+
+    def _prediction(self, reading: Reading, best: _Best) -> Prediction:
+        ids, probabilities = best
         vocabulary = self.tokenizer.vocabulary
-        words = [WordProbability(vocabulary[i], _plain_float(probabilities[i])) for i in best]
+        words = [
+            WordProbability(vocabulary[i], _plain_float(p))
+            for i, p in zip(ids.tolist(), probabilities, strict=True)
+        ]
+        prefix = Prefix(list(reading.ids), list(reading.tokens), list(reading.unknown_words))
         return Prediction(words, prefix)
+
+    # --- life cycle -----------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Answer the requests waiting for a batch and stop the worker thread. Idempotent."""
+        await self._batcher.aclose()
+
+    def stats(self) -> dict[str, Any]:
+        """Cache hits and misses, batches run and their mean size (for /models)."""
+        off = {"hits": 0, "partial_hits": 0, "misses": 0, "size": 0, "capacity": 0}
+        states = self._states.stats() if self._states else off
+        return {"cache": states, "batching": self._batcher.stats()}
 
 
 def _mapping(value: Any) -> dict[str, Any]:

@@ -1,0 +1,46 @@
+"""Admin routes, mounted only when NEXTWORD_ADMIN_KEY is set (otherwise they answer 404)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from app.api.deps import ModelsDep, SettingsDep
+from app.api.errors import ModelNotReady, ModelRefused, documented
+from app.api.schemas import ReloadResponse, inside_store
+
+router = APIRouter(prefix="/admin", tags=["admin"])
+
+# Versions are folder names under the store: a whole number, so never a path.
+MAX_VERSION = 2**31 - 1
+
+
+@router.post(
+    "/reload",
+    summary="Load a model version now, check it, and swap it in",
+    responses=documented(409, 503),
+)
+async def reload(
+    models: ModelsDep,
+    settings: SettingsDep,
+    version: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            le=MAX_VERSION,
+            description="The version to serve; default NEXTWORD_MODEL_VERSION ('latest': the "
+            "newest in the store).",
+        ),
+    ] = None,
+) -> ReloadResponse:
+    """Load the version aside, check its manifest, sha256 sums and a probe prediction, then
+    serve it. Requests in flight finish on the model they started with. A version that fails a
+    check is refused (409, with the reason) and the model served before keeps serving."""
+    outcome = await models.reload(version)
+    if outcome.status == "refused":
+        raise ModelRefused(inside_store(outcome.reason, settings.model_store))
+    current = models.current
+    if current is None:  # the server is stopping
+        raise ModelNotReady("the server is stopping")
+    return ReloadResponse.of(outcome, current.info)

@@ -1,0 +1,48 @@
+"""How a Predictor serves: its caches and its micro-batching (NEXTWORD_CACHE_SIZE, ...)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from app.settings import Settings
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    # Hidden states kept by token prefix, and tokenised texts kept by text (each ~1-2 KiB):
+    # type-ahead then costs one recurrent step a request. 0 turns both caches off.
+    cache_size: int = 4096
+    # Most requests whose output layers are computed together in one batch.
+    batch_max_size: int = 32
+    # How long a batch with company waits for more requests before it starts; a request alone
+    # never waits. 0 measured best (see benchmarks/README.md).
+    batch_max_wait_ms: float = 0.0
+    # BLAS threads for the whole process, set when a model is loaded (None: left as they are).
+    # Concurrency comes from the requests; a second BLAS thread on a small product only
+    # contends with the event loop and the batch worker for the cores (4-8x slower on 2 cores).
+    blas_threads: int | None = 1
+
+    def __post_init__(self) -> None:
+        if self.blas_threads is not None and self.blas_threads < 1:
+            raise ValueError(f"blas_threads must be 1 or more, or None: {self}")
+        if self.cache_size < 0 or self.batch_max_size < 1 or self.batch_max_wait_ms < 0:
+            raise ValueError(
+                "cache_size must be 0 or more, batch_max_size 1 or more, batch_max_wait_ms "
+                f"0 or more: {self}"
+            )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> InferenceOptions:
+        return cls(
+            cache_size=settings.cache_size,
+            batch_max_size=settings.batch_max_size,
+            batch_max_wait_ms=settings.batch_max_wait_ms,
+        )
+
+    def apply_blas_threads(self) -> None:
+        if self.blas_threads is not None:
+            from threadpoolctl import threadpool_limits  # ~10 ms; only where a model loads
+
+            threadpool_limits(self.blas_threads, user_api="blas")

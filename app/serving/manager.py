@@ -1,0 +1,292 @@
+"""Which model version is served, and how a new one replaces it without a dropped request.
+
+    poll (NEXTWORD_RELOAD_INTERVAL_S) or POST /admin/reload
+      │  find the target version (NEXTWORD_MODEL_VERSION: a number or 'latest') and fingerprint
+      │  its folder; nothing to do if that is what is served, or (on a poll) what was refused
+      ▼
+    load it aside, in a worker thread: manifest, sha256 of every file, shapes, then one probe
+    prediction whose probabilities must be finite
+      │  any failure: refused with one log line and remembered; the old model keeps serving
+      ▼
+    swap one reference: requests that already hold the old predictor finish on it
+      ▼
+    retire the old one: wait until its requests in flight reach 0, then `aclose()` it
+
+Requests in flight are counted per loaded version (`lease`) rather than guessed with a grace
+delay: the old weights are freed as soon as the last request on them ends, and never while one
+still reads them. The wait is capped (the request time-out plus a margin) so that a stuck
+request cannot keep an old model in memory for ever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import hashlib
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from anyio import to_thread
+
+from app import store
+from app.inference.options import InferenceOptions
+from app.inference.predictor import Predictor
+from app.serving.memory import release_large_frees_to_the_os, trim_free_memory
+from app.settings import Settings
+from app.store import ModelStoreError
+
+logger = logging.getLogger("nextword")
+
+# Refusals remembered (and shown by GET /models): the most recent ones, so memory stays bounded.
+MAX_REFUSALS = 20
+# How long past the request time-out an old model waits for its last requests before closing.
+RETIRE_MARGIN_S = 5.0
+
+Loader = Callable[[Settings, int], Predictor]
+
+
+def load_predictor(settings: Settings, version: int) -> Predictor:
+    """The one place a version becomes a Predictor (blocking: call it in a worker thread)."""
+    options = InferenceOptions.from_settings(settings)  # caches and batching, per predictor
+    return Predictor.load(settings.model_store, settings.model_name, version, options=options)
+
+
+def probe(predictor: Predictor) -> None:
+    """One real prediction; a model whose weights load but compute nonsense is refused here."""
+    words = predictor.predict("", top_k=1, include_special=True).words
+    top = words[0].probability if words else math.nan
+    if not (math.isfinite(top) and 0.0 < top <= 1.0):
+        raise ModelStoreError(
+            f"{predictor.info.path / store.WEIGHTS}: the probe prediction gave a probability of "
+            f"{top!r} (weights not finite?): copy the version folder again or retrain"
+        )
+
+
+def fingerprint(path: Path) -> str:
+    """What a version folder holds now: its manifest's bytes and each file's size and mtime.
+
+    A refused version is retried only when this changes (a fixed file, a completed copy), so a
+    broken version is not loaded again on every poll.
+    """
+    digest = hashlib.sha256()
+    try:
+        with (path / store.MANIFEST).open("rb") as handle:
+            digest.update(handle.read(1 << 20))
+        for item in sorted(path.iterdir()):
+            stat = item.stat()
+            digest.update(f"{item.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    except OSError as error:
+        digest.update(f"unreadable: {error.strerror}".encode())
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class Served:
+    """A loaded version and the requests that are using it."""
+
+    predictor: Predictor
+    fingerprint: str
+    loaded_at: float  # Unix time
+    in_flight: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+
+@dataclass(frozen=True)
+class Refusal:
+    version: int | None  # None: 'latest' found no version (e.g. the store is empty)
+    fingerprint: str
+    reason: str
+    at: float  # Unix time
+
+
+@dataclass(frozen=True)
+class ReloadOutcome:
+    status: Literal["loaded", "unchanged", "refused"]
+    version: int | None
+    reason: str = ""
+
+
+class ModelManager:
+    """Holds the served model; loads, checks and swaps in new versions; retires old ones.
+
+    All methods run on the event loop (one thread), so the counters need no lock; blocking file
+    and model work goes to worker threads.
+    """
+
+    def __init__(self, settings: Settings, load: Loader | None = None) -> None:
+        self.settings = settings
+        self._load = load or load_predictor
+        self._served: Served | None = None
+        self._refused: OrderedDict[int | None, Refusal] = OrderedDict()
+        self._reloading = asyncio.Lock()  # a poll and an admin request never load at once
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._poller: asyncio.Task[None] | None = None
+
+    # --- what routes see ---------------------------------------------------------------------
+
+    @property
+    def current(self) -> Predictor | None:
+        return self._served.predictor if self._served else None
+
+    def refusals(self) -> list[Refusal]:
+        """Refused versions, most recent first."""
+        return list(reversed(self._refused.values()))
+
+    @asynccontextmanager
+    async def lease(self) -> AsyncIterator[Predictor]:
+        """The current predictor for one request; it is not closed until the request ends."""
+        served = self._served
+        if served is None:
+            raise ModelStoreError("no model is loaded")
+        served.in_flight += 1
+        served.idle.clear()
+        try:
+            yield served.predictor
+        finally:
+            served.in_flight -= 1
+            if served.in_flight == 0:
+                served.idle.set()
+
+    # --- life cycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the configured version; any problem raises ModelStoreError (start-up fails)."""
+        release_large_frees_to_the_os()  # or every swap would keep the old weights' memory
+        number, path = await to_thread.run_sync(self._resolve, None)
+        self._served = await self._load_checked(number, await to_thread.run_sync(fingerprint, path))
+        info = self._served.predictor.info
+        logger.info(
+            "serving model %s v%d from %s (vocabulary %d)",
+            info.name, info.version, info.path, info.vocabulary_size,
+        )  # fmt: skip
+        if self.settings.reload_interval_s > 0:
+            self._poller = asyncio.create_task(self._poll(self.settings.reload_interval_s))
+
+    async def aclose(self) -> None:
+        """Stop polling, then close every model once its last request has ended."""
+        if self._poller is not None:
+            self._poller.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._poller
+        served, self._served = self._served, None
+        if served is not None:
+            await self._retire(served)
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
+
+    async def _poll(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.reload(force=False)
+            except Exception:  # a bug here must not stop future polls, nor the server
+                logger.exception("checking the model store for a new version failed")
+
+    # --- reloading ---------------------------------------------------------------------------
+
+    async def reload(self, version: int | None = None, *, force: bool = True) -> ReloadOutcome:
+        """Serve `version` (default: NEXTWORD_MODEL_VERSION) if it is new and passes the checks.
+
+        `force=False` (polls) skips a version refused before whose folder has not changed since;
+        an admin request (`force=True`) always tries again.
+        """
+        async with self._reloading:
+            try:
+                number, path = await to_thread.run_sync(self._resolve, version)
+            except ModelStoreError as error:  # no such version, or a path out of the store
+                return self._refuse(version, "", str(error))
+            print_ = await to_thread.run_sync(fingerprint, path)
+            served = self._served
+            if served and (served.predictor.info.version, served.fingerprint) == (number, print_):
+                return ReloadOutcome("unchanged", number)
+            known = self._refused.get(number)
+            if not force and known is not None and known.fingerprint == print_:
+                return ReloadOutcome("refused", number, known.reason)
+            try:
+                fresh = await self._load_checked(number, print_)
+            except ModelStoreError as error:
+                return self._refuse(number, print_, str(error))
+            except Exception as error:  # a bug or MemoryError: refused too, with its traceback
+                logger.exception("loading model %s v%d failed", self.settings.model_name, number)
+                return self._refuse(number, print_, f"{type(error).__name__}: {error}")
+            old, self._served = self._served, fresh  # the swap: one reference, atomic
+            self._refused.pop(number, None)
+            logger.info(
+                "now serving model %s v%d (was v%s)",
+                self.settings.model_name, number, old.predictor.info.version if old else "-",
+            )  # fmt: skip
+            if old is not None:
+                task = asyncio.create_task(self._retire(old))
+                self._retiring.add(task)
+                task.add_done_callback(self._retiring.discard)
+            return ReloadOutcome("loaded", number)
+
+    def _resolve(self, version: int | None) -> tuple[int, Path]:
+        wanted: int | str = self.settings.model_version if version is None else version
+        path = store.version_dir(self.settings.model_store, self.settings.model_name, wanted)
+        if not path.is_dir():
+            raise ModelStoreError(
+                f"model folder {path} does not exist: train it with `nextword train --name "
+                f"{self.settings.model_name}` or choose another (NEXTWORD_MODEL_STORE / _NAME / "
+                "_VERSION)"
+            )
+        return int(path.name), path
+
+    async def _load_checked(self, number: int, print_: str) -> Served:
+        predictor = await to_thread.run_sync(self._load, self.settings, number)
+        try:
+            await to_thread.run_sync(probe, predictor)
+        except BaseException:
+            await _close(predictor)
+            raise
+        return Served(predictor, print_, time.time())
+
+    def _refuse(self, number: int | None, print_: str, reason: str) -> ReloadOutcome:
+        known = self._refused.pop(number, None)
+        if known is None or (known.fingerprint, known.reason) != (print_, reason):
+            current = self.current
+            logger.error(
+                "refused model %s v%s, still serving %s: %s",
+                self.settings.model_name, "?" if number is None else number,
+                f"v{current.info.version}" if current else "nothing", reason,
+            )  # fmt: skip
+        self._refused[number] = Refusal(number, print_, reason, time.time())
+        while len(self._refused) > MAX_REFUSALS:
+            self._refused.popitem(last=False)
+        return ReloadOutcome("refused", number, reason)
+
+    async def _retire(self, old: Served) -> None:
+        grace = self.settings.predict_timeout_s + RETIRE_MARGIN_S
+        try:
+            await asyncio.wait_for(old.idle.wait(), timeout=grace)
+        except TimeoutError:
+            logger.warning(
+                "closing model v%d with %d requests still in flight after %.0f s",
+                old.predictor.info.version, old.in_flight, grace,
+            )  # fmt: skip
+        await _close(old.predictor)
+        del old
+        gc.collect()  # the old model's objects, cycles included, before the pages go back
+        await to_thread.run_sync(trim_free_memory)
+
+
+async def _close(predictor: Any) -> None:
+    # getattr: a predictor without aclose() (before batching came, or a test's stand-in) holds
+    # nothing that needs closing.
+    close = getattr(predictor, "aclose", None)
+    if close is None:
+        return
+    try:
+        await close()
+    except Exception:
+        logger.exception("closing model v%d failed", predictor.info.version)

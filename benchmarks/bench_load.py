@@ -1,0 +1,171 @@
+"""What `serve_bench.py` is made of: request bodies, server processes, wrk runs, memory."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import random
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+LUA = Path(__file__).with_name("wrk_bodies.lua")
+CORPORA = [REPO.parent / "shared" / "data" / "ptb" / name for name in ("valid.txt", "test.txt")]
+
+# --- request bodies ------------------------------------------------------------------------
+
+
+def corpus_lines() -> list[list[str]]:
+    """Sentences of real text (PTB valid + test), or of a generated text when they are absent."""
+    lines = [
+        line.split()
+        for path in CORPORA
+        if path.is_file()
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
+    if lines:
+        return lines
+    rng = random.Random(0)  # fallback: a patterned text with a 2,000-word vocabulary
+    words = [f"w{i}" for i in range(2000)]
+    return [rng.choices(words, k=rng.randint(5, 30)) for _ in range(8000)]
+
+
+def distinct_prefixes(lines: Sequence[Sequence[str]], seed: int = 0) -> list[str]:
+    """Every distinct prefix of every sentence (1 word up to the whole), shuffled."""
+    seen: dict[str, None] = {}
+    for words in lines:
+        for end in range(1, len(words) + 1):
+            seen.setdefault(" ".join(words[:end]))
+    prefixes = list(seen)
+    random.Random(seed).shuffle(prefixes)
+    return prefixes
+
+
+def typing_texts(lines: Sequence[Sequence[str]], start: int, count: int) -> list[str]:
+    """A document typed a word at a time: its first `start` words, then one more each time.
+
+    Sentences are separate lines, as in a text box where each ends with Enter.
+    """
+    units: list[str] = []
+    for words in lines:
+        units += [("\n" if i == 0 and units else " ") + word for i, word in enumerate(words)]
+        if len(units) >= start + count:
+            break
+    return ["".join(units[:end]).lstrip() for end in range(start, start + count)]
+
+
+def write_bodies(texts: Sequence[str], folder: Path, name: str) -> Path:
+    path = folder / f"{name}.jsonl"
+    with path.open("w", encoding="utf-8") as sink:
+        for text in texts:
+            sink.write(json.dumps({"text": text, "top_k": 5}) + "\n")
+    return path
+
+
+# --- servers -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Server:
+    name: str
+    port: int
+    process: subprocess.Popen[bytes]
+    ready_s: float  # from process start to the first 200 on GET /ready
+
+    def rss_mb(self) -> dict[str, float]:
+        """Resident memory now and at its peak (VmRSS, VmHWM), in MB (10^6 bytes)."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        found = dict(re.findall(r"(VmRSS|VmHWM):\s+(\d+) kB", status))
+        rss, peak = (int(found[key]) * 1024 / 1e6 for key in ("VmRSS", "VmHWM"))
+        return {"rss_mb": rss, "peak_mb": peak}
+
+    def has_loaded(self, library: str) -> bool:
+        """Whether a shared library whose path contains `library` is mapped in the process."""
+        return library in Path(f"/proc/{self.process.pid}/maps").read_text()
+
+
+def _get_status(port: int, path: str) -> int:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        connection.request("GET", path)
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+@contextmanager
+def serving(
+    name: str, command: Sequence[str], log: Path, env: dict[str, str], ready_within: float
+) -> Iterator[Server]:
+    """Start a server on 127.0.0.1, wait for GET /ready, and stop it (by its PID) afterwards."""
+    port = free_port()
+    full = [sys.executable, *command, "--port", str(port)]
+    with log.open("wb") as sink:
+        start = time.perf_counter()
+        process = subprocess.Popen(
+            full, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, **env}
+        )
+    try:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited with {process.returncode}: see {log}")
+            try:
+                if _get_status(port, "/ready") == 200:
+                    break
+            except OSError:
+                pass  # not listening yet
+            if time.perf_counter() - start > ready_within:
+                raise RuntimeError(f"{name} not ready within {ready_within} s: see {log}")
+            time.sleep(0.005)
+        yield Server(name, port, process, time.perf_counter() - start)
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+# --- load ----------------------------------------------------------------------------------
+
+
+def wrk(port: int, bodies: Path, connections: int, seconds: float, limit: int) -> dict[str, float]:
+    """One wrk run: at most `seconds` and `limit` responses, one body of the file each."""
+    command = [
+        "wrk", "-t1", f"-c{connections}", f"-d{round(seconds)}s", "--timeout", "10s",
+        "-s", str(LUA), f"http://127.0.0.1:{port}", "--", str(bodies), str(limit),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
+    found = re.search(r"^RESULT (\{.*\})$", done.stdout, re.MULTILINE)
+    if done.returncode != 0 or found is None:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout}\n{done.stderr}")
+    result: dict[str, float] = json.loads(found.group(1))
+    result["requests_per_s"] = result["requests"] / (result["duration_us"] / 1e6)
+    result["connections"] = connections
+    return result
+
+
+def scratch() -> tempfile.TemporaryDirectory[str]:
+    return tempfile.TemporaryDirectory(prefix="serve_bench-")
+
+
+def load_average() -> list[float]:
+    return [round(value, 2) for value in os.getloadavg()]

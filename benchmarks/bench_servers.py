@@ -1,0 +1,161 @@
+"""The reference servers `serve_bench.py` measures the service against.
+
+    python benchmarks/bench_servers.py floor --port 8101
+    python benchmarks/bench_servers.py naive --port 8102 [--store model_store --name ptb]
+    python benchmarks/bench_servers.py stack --port 8103 [--store model_store --name ptb]
+
+floor: the framework's own ceiling. A FastAPI app of the class the service uses, with an
+`async def` POST /predict that validates the same request model (PredictRequest) and builds the
+same response model (PredictResponse.of) from constants: every cost of the service except the
+model, the middleware and the dependencies.
+
+naive: what one would write first. The same route, as a plain `def` (FastAPI's thread pool),
+reading the text with the service's own tokenizer rules and calling the Keras model's
+`predict` (model.keras of the same version) once per request.
+
+stack: not a target, a diagnosis. The service's own app (`create_app`: its middleware, routes,
+dependencies and error handling) with a predictor that answers constants: what the service
+costs apart from the model.
+
+All run under uvicorn with the settings `nextword serve` uses (one worker, uvicorn's default
+event loop and HTTP parser: uvloop and httptools when installed, log level info with the access
+log, no server header), and listen on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
+
+from app.api.schemas import PredictRequest, PredictResponse
+from app.inference.predictor import ModelInfo, Prediction, Prefix, WordProbability
+
+# The README's example answer: five words and a six-token prefix, a typical response's size.
+CONSTANT = Prediction(
+    words=[
+        WordProbability("a", 0.22669744),
+        WordProbability("to", 0.1880451),
+        WordProbability("the", 0.10636597),
+        WordProbability("its", 0.04106777),
+        WordProbability("an", 0.034309693),
+    ],
+    prefix=Prefix(
+        ids=[1, 2, 3, 4, 5, 6],
+        tokens=["<eos>", "the", "company", "said", "it", "expects"],
+        unknown_words=[],
+    ),
+)
+CONSTANT_INFO = ModelInfo("ptb", 1, Path("."), 10_000, {}, {})
+
+
+async def _ready() -> dict[str, str]:
+    return {"status": "ready"}  # the model (if any) is loaded before the server listens
+
+
+def floor_app() -> FastAPI:
+    app = FastAPIOffline(title="floor")
+    app.get("/ready")(_ready)
+
+    @app.post("/predict")
+    async def predict(body: PredictRequest) -> PredictResponse:
+        return PredictResponse.of(CONSTANT, CONSTANT_INFO)
+
+    return app
+
+
+def naive_app(store: Path, name: str, version: str) -> FastAPI:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import numpy as np
+
+    import app.training.model  # registers the custom output layer, for loading
+    from app.inference.predictor import FIRST_WORD_ID, Predictor
+
+    # The NumPy predictor is loaded only for its tokenizer and prefix rules; Keras computes.
+    reader = Predictor.load(store, name, version)
+    model = keras.saving.load_model(reader.info.path / "model.keras")
+    hidden = int(reader.info.architecture["hidden_units"])
+    vocabulary = reader.tokenizer.vocabulary
+    app = FastAPIOffline(title="naive")
+    app.get("/ready")(_ready)
+
+    @app.post("/predict")
+    def predict(body: PredictRequest) -> PredictResponse:
+        prefix = reader.prefix(body.text)
+        tokens = np.array([prefix.ids], dtype=np.int32)
+        scores, _ = model.predict([tokens, np.zeros((1, hidden), np.float32)], verbose=0)
+        last = scores[0, -1].astype(np.float64)  # (vocab,)
+        probabilities = np.exp(last - last.max())
+        probabilities /= probabilities.sum()
+        first = 0 if body.include_special else FIRST_WORD_ID
+        best = np.argsort(-probabilities[first:], kind="stable")[: body.top_k] + first
+        words = [WordProbability(vocabulary[i], float(probabilities[i])) for i in best]
+        return PredictResponse.of(Prediction(words, prefix), reader.info)
+
+    return app
+
+
+class ConstantPredictor:
+    """Stands in for the Predictor in the service's own app: the model's work left out."""
+
+    info = CONSTANT_INFO
+
+    async def predict_async(self, text: str, top_k: int, include_special: bool) -> Prediction:
+        return CONSTANT
+
+
+def stack_app(store: Path, name: str) -> FastAPI:
+    from app.api.app import create_app
+    from app.api.deps import get_predictor
+    from app.settings import load_settings
+
+    app = create_app(load_settings(model_store=store, model_name=name))
+
+    async def constant() -> AsyncIterator[ConstantPredictor]:
+        yield ConstantPredictor()  # a generator, as the real dependency (a lease) is
+
+    app.dependency_overrides[get_predictor] = constant
+    return app
+
+
+def serve(app: Any, port: int) -> None:
+    """uvicorn with the options `nextword serve` passes it (app/serve_cli.py)."""
+    import uvicorn
+
+    from app.serve_cli import _log_config
+
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="info",
+        log_config=_log_config("info"),
+        server_header=False,
+    )
+    uvicorn.Server(config).run()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("kind", choices=["floor", "naive", "stack"])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--store", type=Path, default=Path("model_store"))
+    parser.add_argument("--name", default="ptb")
+    parser.add_argument("--version", default="latest")
+    args = parser.parse_args()
+    if args.kind == "floor":
+        serve(floor_app(), args.port)
+    elif args.kind == "stack":
+        serve(stack_app(args.store, args.name), args.port)
+    else:
+        serve(naive_app(args.store, args.name, args.version), args.port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""Serving benchmark: the service against the web framework's floor and a naive Keras server.
+
+    python benchmarks/serve_bench.py            # ~3 minutes; needs `wrk` (apt-get install wrk)
+
+In one run, on this machine, one server at a time on 127.0.0.1 (each stopped by its PID):
+
+    service  `nextword serve` with the default model (model_store/ptb, latest version)
+    floor    the same FastAPI / uvicorn stack and settings, an `async def` POST /predict that
+             validates the request model and returns the response model filled with constants
+    naive    the same route calling the Keras model's `predict` once per request (model.keras)
+
+wrk (one thread, a Lua script feeding distinct bodies) loads each at 1, 32 and 64 connections;
+every body is a different prefix of a PTB sentence (valid + test: ~150,000 of them), never one
+repeated body. Each run is bounded in time (--seconds) and in responses (the bodies it has).
+It also measures, on the service: start-up (process start to GET /ready answering 200), resident
+memory, and incremental typing (a request whose text is the previous one plus a word, 500 words
+and more, against one-word requests), with the cache on and off.
+
+Figures go to benchmarks/results/serve_bench.json and serve_bench.png, and to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import bench_load as load
+
+RESULTS = Path(__file__).with_name("results")
+CONCURRENCY = (1, 32, 64)
+TARGETS = {
+    "throughput c32 service/floor >= 0.6": ("ratio_floor_c32", ">=", 0.6),
+    "throughput c32 service/naive >= 100": ("ratio_naive_c32", ">=", 100.0),
+    "p50 c1 service - floor <= 0.25 ms": ("p50_gap_c1_ms", "<=", 0.25),
+    "typing (500+ words) / one-word p50 <= 1.2": ("typing_ratio_p50", "<=", 1.2),
+    "ready <= 1 s after process start": ("service_ready_s", "<=", 1.0),
+    "resident memory <= 150 MB": ("service_peak_mb", "<=", 150.0),
+}
+
+
+def commands(store: Path) -> dict[str, list[str]]:
+    model = ["--store", str(store), "--name", "ptb"]
+    servers = str(Path(__file__).with_name("bench_servers.py"))
+    return {
+        "service": ["-m", "app.cli", "serve", "--host", "127.0.0.1", *model],
+        "floor": [servers, "floor"],
+        "naive": [servers, "naive", *model],
+        "stack": [servers, "stack", *model],
+    }
+
+
+def post(port: int, text: str) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        body = json.dumps({"text": text, "top_k": 5})
+        connection.request("POST", "/predict", body, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        response.read()
+        if response.status != 200:
+            raise RuntimeError(f"POST /predict answered {response.status}")
+    finally:
+        connection.close()
+
+
+def measure_server(
+    name: str, command: list[str], env: dict[str, str], slices: dict[str, Path], args: Any
+) -> dict[str, Any]:
+    log = Path(args.scratch) / f"{name}.log"
+    ready_within = 180.0 if name == "naive" else 30.0
+    with load.serving(name, command, log, env, ready_within) as server:
+        figures: dict[str, Any] = {
+            "ready_s": server.ready_s,
+            "after_load": server.rss_mb(),
+            "tensorflow_loaded": server.has_loaded("tensorflow"),
+        }
+        print(f"  {name:8} ready {server.ready_s:.3f} s after process start, resident "
+              f"{figures['after_load']['rss_mb']:.1f} MB, TensorFlow loaded: "
+              f"{figures['tensorflow_loaded']}", flush=True)  # fmt: skip
+        load.wrk(server.port, slices["warm-up"], 8, 2, args.bodies)  # caches, allocator, TF graph
+        for connections in CONCURRENCY:
+            run = load.wrk(
+                server.port, slices[f"c{connections}"], connections, args.seconds, args.bodies
+            )
+            figures[f"c{connections}"] = run
+            print(f"  {name:8} c={connections:<3} {run['requests_per_s']:9.1f} req/s  "
+                  f"p50 {run['p50_us'] / 1000:8.3f} ms  p99 {run['p99_us'] / 1000:8.3f} ms  "
+                  f"({run['requests']} requests, {run['non_2xx']} non-2xx)",
+                  flush=True)  # fmt: skip
+        figures["after_runs"] = server.rss_mb()
+        print(f"  {name:8} resident after the runs {figures['after_runs']['rss_mb']:.1f} MB "
+              f"(peak {figures['after_runs']['peak_mb']:.1f} MB)", flush=True)  # fmt: skip
+        if name.startswith("service"):
+            figures["typing"] = measure_typing(server.port, slices, args)
+    return figures
+
+
+def measure_typing(port: int, slices: dict[str, Path], args: Any) -> dict[str, Any]:
+    """c=1: one-word requests, then a 500-word text typed on, a word a request."""
+    one_word = load.wrk(port, slices["one-word"], 1, args.seconds, args.typing)
+    post(port, args.typing_prime)  # the first typed text's prefix minus its last word
+    typing = load.wrk(port, slices["typing"], 1, args.seconds, args.typing)
+    print(f"  typing: one-word p50 {one_word['p50_us'] / 1000:.3f} ms, 500+ words typed on "
+          f"p50 {typing['p50_us'] / 1000:.3f} ms", flush=True)  # fmt: skip
+    return {"one_word": one_word, "typing_500_plus": typing}
+
+
+def summarise(servers: dict[str, dict[str, Any]]) -> dict[str, float]:
+    service, floor, naive = servers["service"], servers["floor"], servers["naive"]
+    summary: dict[str, float] = {}
+    for c in CONCURRENCY:
+        rate = service[f"c{c}"]["requests_per_s"]
+        summary[f"ratio_floor_c{c}"] = rate / floor[f"c{c}"]["requests_per_s"]
+        summary[f"ratio_naive_c{c}"] = rate / naive[f"c{c}"]["requests_per_s"]
+    summary["p50_gap_c1_ms"] = (service["c1"]["p50_us"] - floor["c1"]["p50_us"]) / 1000
+    typing = service["typing"]
+    summary["typing_ratio_p50"] = typing["typing_500_plus"]["p50_us"] / typing["one_word"]["p50_us"]
+    summary["typing_ratio_mean"] = (
+        typing["typing_500_plus"]["mean_us"] / typing["one_word"]["mean_us"]
+    )
+    if "service_no_cache" in servers:
+        off = servers["service_no_cache"]["typing"]
+        summary["typing_ratio_p50_no_cache"] = (
+            off["typing_500_plus"]["p50_us"] / off["one_word"]["p50_us"]
+        )
+    if "stack" in servers:  # the service's app without the model: where the rest goes
+        stack = servers["stack"]
+        for c in CONCURRENCY:
+            summary[f"stack_over_floor_c{c}"] = (
+                stack[f"c{c}"]["requests_per_s"] / floor[f"c{c}"]["requests_per_s"]
+            )
+        summary["p50_gap_c1_ms_stack"] = (stack["c1"]["p50_us"] - floor["c1"]["p50_us"]) / 1000
+    summary["service_ready_s"] = service["ready_s"]
+    summary["service_peak_mb"] = service["after_runs"]["peak_mb"]
+    summary["service_tensorflow_loaded"] = float(service["tensorflow_loaded"])
+    return summary
+
+
+def verdicts(summary: dict[str, float]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for label, (key, sign, bound) in TARGETS.items():
+        value = summary[key]
+        met = value >= bound if sign == ">=" else value <= bound
+        out[label] = {"value": round(value, 3), "met": met}
+    return out
+
+
+def plot(servers: dict[str, dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [name for name in ("service", "floor", "naive", "stack") if name in servers]
+    figure, (rates, latencies) = plt.subplots(1, 2, figsize=(11, 4.2))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(CONCURRENCY))]
+        rates.bar(xs, [servers[name][f"c{c}"]["requests_per_s"] for c in CONCURRENCY], width,
+                  label=name)  # fmt: skip
+        latencies.plot([str(c) for c in CONCURRENCY],
+                       [servers[name][f"c{c}"]["p50_us"] / 1000 for c in CONCURRENCY],
+                       marker="o", label=f"{name} p50")  # fmt: skip
+        latencies.plot([str(c) for c in CONCURRENCY],
+                       [servers[name][f"c{c}"]["p99_us"] / 1000 for c in CONCURRENCY],
+                       marker="x", linestyle="--", label=f"{name} p99")  # fmt: skip
+    rates.set_xticks(range(len(CONCURRENCY)), [f"c={c}" for c in CONCURRENCY])
+    rates.set_yscale("log")
+    rates.set_ylabel("requests / s (log)")
+    rates.set_title("Throughput")
+    rates.legend()
+    latencies.set_yscale("log")
+    latencies.set_xlabel("connections")
+    latencies.set_ylabel("latency, ms (log)")
+    latencies.set_title("Latency")
+    latencies.legend(fontsize=7, ncol=2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--store", type=Path, default=Path("model_store"))
+    parser.add_argument("--seconds", type=float, default=8.0, help="longest run (default 8)")
+    parser.add_argument("--bodies", type=int, default=40_000, help="most requests a run")
+    parser.add_argument("--typing", type=int, default=800, help="requests a typing run")
+    parser.add_argument("--skip", nargs="*", default=[], help="servers not to run (debugging)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if subprocess.run(["which", "wrk"], capture_output=True).returncode != 0:
+        raise SystemExit("wrk is needed: apt-get install -y wrk")
+
+    lines = load.corpus_lines()
+    prefixes = load.distinct_prefixes(lines)
+    typed = load.typing_texts(lines, 499, args.typing + 1)
+    args.typing_prime = typed[0]
+    words = list(dict.fromkeys(w for t in prefixes[:50_000] for w in t.split()))
+    started = time.time()
+    environment = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)),
+        "machine": platform.processor() or platform.machine(),
+        "cpus": len(__import__("os").sched_getaffinity(0)),
+        "python": platform.python_version(),
+        "load_average_before": load.load_average(),
+        "distinct_prefixes": len(prefixes),
+    }
+    print(f"{len(prefixes)} distinct prefixes; load average {environment['load_average_before']}")
+    servers: dict[str, dict[str, Any]] = {}
+    with load.scratch() as folder:
+        args.scratch = folder
+        tmp = Path(folder)
+        n = args.bodies
+        slices = {
+            name: load.write_bodies(prefixes[i * n : (i + 1) * n], tmp, name)
+            for i, name in enumerate(["warm-up", "c1", "c32", "c64"])
+        }
+        slices["one-word"] = load.write_bodies(words[: args.typing + 50], tmp, "one-word")
+        slices["typing"] = load.write_bodies(typed[1:], tmp, "typing")
+        cmd = commands(args.store)
+        plan = [("service", cmd["service"], {}), ("floor", cmd["floor"], {}),
+                ("naive", cmd["naive"], {"TF_CPP_MIN_LOG_LEVEL": "2"}),
+                ("stack", cmd["stack"], {})]  # fmt: skip
+        for name, command, env in plan:
+            if name not in args.skip:
+                print(f"{name}:", flush=True)
+                servers[name] = measure_server(name, command, env, slices, args)
+        if "service" not in args.skip:
+            print("service, cache off (typing only):", flush=True)
+            with load.serving("service_no_cache", cmd["service"], tmp / "nocache.log",
+                              {"NEXTWORD_CACHE_SIZE": "0"}, 30.0) as server:  # fmt: skip
+                servers["service_no_cache"] = {"typing": measure_typing(server.port, slices, args)}
+    environment["load_average_after"] = load.load_average()
+    environment["seconds"] = round(time.time() - started, 1)
+    report: dict[str, Any] = {"environment": environment, "servers": servers}
+    complete = {"service", "floor", "naive"} <= servers.keys()
+    if complete:
+        summary = summarise(servers)
+        report["summary"] = {k: round(v, 4) for k, v in summary.items()}
+        report["targets"] = verdicts(summary)
+        print(json.dumps(report["summary"], indent=1))
+        for label, verdict in report["targets"].items():
+            print(f"  {'met   ' if verdict['met'] else 'MISSED'} {label}: {verdict['value']}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "serve_bench.json").write_text(json.dumps(report, indent=1) + "\n")
+    if complete:
+        plot(servers, args.out / "serve_bench.png")
+    print(f"written {args.out / 'serve_bench.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""The server under load: past its limit it refuses at once, past the time-out it answers 504,
+and on SIGTERM a real `nextword serve` stops accepting, answers every request it had accepted
+in full, and exits with status 0."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import OBJECTS, REPO, SUBJECTS, VERBS, TinyModel, serving
+from fastapi.testclient import TestClient
+from test_api import FakePredictor, settings_for
+
+from app.api.app import create_app
+from app.api.deps import get_predictor
+from app.inference.predictor import Prediction
+
+pytestmark = pytest.mark.slow
+
+# --- overload and time-outs: refused at once, never queued without bound -----------------------
+
+
+class BlockingPredictor(FakePredictor):
+    """Holds every prediction until `release` is set (or 10 s pass)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.started = threading.Semaphore(0)
+
+    def predict(self, text: str, top_k: int = 5, include_special: bool = False) -> Prediction:
+        self.started.release()
+        self.release.wait(timeout=10)
+        return super().predict(text, top_k, include_special)
+
+    async def predict_async(
+        self, text: str, top_k: int = 5, include_special: bool = False
+    ) -> Prediction:
+        return await asyncio.to_thread(self.predict, text, top_k, include_special)
+
+
+def _app_with(predictor: FakePredictor, tiny_model: TinyModel, **settings: Any) -> Any:
+    app = create_app(settings_for(tiny_model, **settings))
+    app.dependency_overrides[get_predictor] = lambda: predictor
+    return app
+
+
+def test_past_max_in_flight_the_answer_is_503_at_once(tiny_model: TinyModel) -> None:
+    blocking = BlockingPredictor()
+    app = _app_with(blocking, tiny_model, max_in_flight=2)
+
+    async def scenario() -> tuple[list[httpx.Response], httpx.Response, httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            held = [
+                asyncio.create_task(client.post("/predict", json={"text": f"held {n}"}))
+                for n in range(2)
+            ]
+            for _ in range(2):  # both are inside the model now
+                await asyncio.to_thread(blocking.started.acquire, timeout=10)
+            refused = await client.post("/predict", json={"text": "one too many"})
+            health = await client.get("/health")  # probes are never refused
+            blocking.release.set()
+            return await asyncio.gather(*held), refused, health
+
+    held, refused, health = asyncio.run(scenario())
+    assert [response.status_code for response in held] == [200, 200]
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"] == "1"
+    assert refused.json()["error"] == "overloaded"
+    assert health.status_code == 200
+    assert sorted(call[0] for call in blocking.calls) == ["held 0", "held 1"]  # not the third
+
+
+def test_a_prediction_past_its_time_out_is_a_504(tiny_model: TinyModel) -> None:
+    blocking = BlockingPredictor()
+    app = _app_with(blocking, tiny_model, predict_timeout_s=0.2)
+    # The test client waits for the whole request to end, which is when the model work does.
+    threading.Timer(1.0, blocking.release.set).start()
+    with TestClient(app) as client:
+        response = client.post("/predict", json={"text": "slow"})
+    assert response.status_code == 504, response.text
+    assert response.json()["error"] == "timeout"
+    assert "NEXTWORD_PREDICT_TIMEOUT_S" in response.json()["message"]
+
+
+# --- graceful shutdown ------------------------------------------------------------------------
+
+
+IN_FLIGHT = 8
+# ~100k words: about half a second of forward pass each, so they are still running at SIGTERM.
+WORDS_PER_REQUEST = 100_000
+
+
+def _long_text(seed: int) -> str:
+    # A different text for each request: no cache can answer one from another.
+    words = " ".join(SUBJECTS + VERBS + OBJECTS).split()
+    return " ".join(random.Random(seed).choices(words, k=WORDS_PER_REQUEST))
+
+
+def test_sigterm_finishes_the_requests_in_flight_and_exits_0(
+    tiny_model: TinyModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NEXTWORD_MAX_TEXT_CHARS", "1000000")
+    monkeypatch.setenv("NEXTWORD_MAX_BODY_BYTES", str(4 * 1024 * 1024))
+    monkeypatch.setenv("NEXTWORD_PREDICT_TIMEOUT_S", "120")  # slow machines: no 504 here
+    bodies = [{"text": _long_text(seed), "top_k": 3} for seed in range(IN_FLIGHT)]
+
+    def ask(url: str, body: dict[str, object]) -> tuple[httpx.Response, float]:
+        response = httpx.post(url + "/predict", json=body, timeout=120)
+        return response, time.monotonic()
+
+    with serving(tiny_model, tmp_path) as server, ThreadPoolExecutor(IN_FLIGHT) as pool:
+        futures = [pool.submit(ask, server.url, body) for body in bodies]
+        time.sleep(1.0)  # every request sent and accepted; their forward passes take seconds
+        signalled = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        with pytest.raises(httpx.TransportError):  # no longer accepting
+            httpx.get(server.url + "/health", timeout=2)
+        results = [future.result(timeout=120) for future in futures]
+        status = server.process.wait(timeout=120)
+
+    for response, _ in results:
+        assert response.status_code == 200, response.text
+        assert len(response.json()["predictions"]) == 3  # a complete body
+    finished_after_signal = sum(done > signalled for _, done in results)
+    print(f"{finished_after_signal} of {IN_FLIGHT} requests finished after SIGTERM")
+    assert finished_after_signal >= 1, "no request was still in flight at SIGTERM"
+    assert status == 0
+    log = server.output()
+    assert "Waiting for background tasks to complete" in log or "Shutting down" in log
+    assert "Application shutdown complete" in log
+    assert "Traceback" not in log
+
+
+def test_a_port_already_taken_is_a_start_up_failure_exit_3(tiny_model: TinyModel) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        command = [
+            sys.executable, "-m", "app.cli", "serve", "--store", str(tiny_model.store),
+            "--name", tiny_model.name, "--port", str(port),
+        ]  # fmt: skip
+        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3, result.stderr
+    assert "address already in use" in result.stderr.lower()
