@@ -70,9 +70,12 @@ class Settings(BaseSettings):
     reload_interval_s: float = Field(default=0, ge=0, le=86_400)
     # Above concurrency 128 a 2-core server only queues; refusing at once keeps latency bounded.
     max_in_flight: int = Field(default=128, ge=1, le=100_000)
-    predict_timeout_s: float = Field(default=10.0, gt=0, le=600)
-    # Below the usual 30 s orchestrators wait before SIGKILL; above the request time-out.
-    shutdown_timeout_s: float = Field(default=20.0, gt=0, le=3_600)
+    # A prediction takes milliseconds; one still unanswered after seconds is of no use to a
+    # typing user, and holding it only adds to the queue.
+    predict_timeout_s: float = Field(default=5.0, gt=0, le=600)
+    # Inside the 10 s Docker waits before SIGKILL, and above the request time-out, so every
+    # accepted request can finish.
+    shutdown_timeout_s: float = Field(default=8.0, gt=0, le=3_600)
     # --- security (app.api.security) ---
     # SecretStr: the value never shows in a repr, a log line or a validation error.
     api_key: SecretStr | None = None

@@ -115,6 +115,7 @@ def test_sigterm_finishes_the_requests_in_flight_and_exits_0(
     monkeypatch.setenv("NEXTWORD_MAX_TEXT_CHARS", "1000000")
     monkeypatch.setenv("NEXTWORD_MAX_BODY_BYTES", str(4 * 1024 * 1024))
     monkeypatch.setenv("NEXTWORD_PREDICT_TIMEOUT_S", "120")  # slow machines: no 504 here
+    monkeypatch.setenv("NEXTWORD_SHUTDOWN_TIMEOUT_S", "120")  # nor a cut-off drain
     bodies = [{"text": _long_text(seed), "top_k": 3} for seed in range(IN_FLIGHT)]
 
     def ask(url: str, body: dict[str, object]) -> tuple[httpx.Response, float]:
