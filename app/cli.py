@@ -114,6 +114,26 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_promote(commands: Any) -> None:
+    parser = commands.add_parser(
+        "promote",
+        help="publish a checked copy of a saved version as a new version of another model",
+        description="Verify a version folder (manifest and sha256 of every file) and publish a "
+        "copy of it, atomically, as the next version of --name in --store.",
+    )
+    parser.add_argument("version_dir", type=Path, help="e.g. /tmp/scratch/mymodel/3")
+    parser.add_argument("--store", type=Path, default=Path("model_store"))
+    parser.add_argument("--name", required=True)
+
+
+def _run_promote(args: argparse.Namespace) -> int:
+    from app import store
+
+    published = store.promote(args.version_dir, args.store, args.name)
+    print(f"published {published.path}")
+    return 0
+
+
 def _quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -124,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_train(commands)
     _add_evaluate(commands)
+    _add_promote(commands)
     from app import serve_cli
 
     serve_cli.add_commands(commands)
@@ -133,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    runners = {"train": _run_train, "evaluate": _run_evaluate}
+    runners = {"train": _run_train, "evaluate": _run_evaluate, "promote": _run_promote}
     from app import serve_cli
 
     runners.update(serve_cli.RUNNERS)

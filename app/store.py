@@ -201,3 +201,21 @@ def load_weights(path: Path) -> dict[str, np.ndarray]:
         return {key: np.asarray(value) for key, value in load_file(path / WEIGHTS).items()}
     except (SafetensorError, OSError, ValueError) as error:
         raise ModelStoreError(f"{path / WEIGHTS} cannot be read ({error})") from error
+
+
+def promote(source: Path, store: Path, name: str) -> Published:
+    """Publish a checked copy of an existing version (e.g. from a scratch store) as `name`.
+
+    The files are verified against their manifest first; the manifest keeps everything it
+    said about training and records where the copy came from.
+    """
+    manifest = read_manifest(source)
+    origin = {"path": str(source), "name": manifest.get("name"), "version": manifest.get("version")}
+
+    def write(folder: Path) -> dict[str, Any]:
+        for file_name in manifest["files"]:
+            shutil.copy2(source / file_name, folder / file_name)
+        kept = {k: v for k, v in manifest.items() if k not in ("files", "name", "version")}
+        return {**kept, "promoted_from": origin}
+
+    return publish(store, name, write)

@@ -87,3 +87,20 @@ def test_weights_load_as_float32_without_tensorflow(tmp_path: Path) -> None:
     (path / store.WEIGHTS).write_bytes((path / store.WEIGHTS).read_bytes()[:20])
     with pytest.raises(store.ModelStoreError, match="cannot be read"):
         store.load_weights(path)
+
+
+def test_promote_copies_a_checked_version_under_a_new_name(tmp_path: Path) -> None:
+    source = store.publish(tmp_path / "scratch", "trial", _write_minimal).path
+    promoted = store.promote(source, tmp_path / "serving", "prod")
+    assert (promoted.name, promoted.version) == ("prod", 1)
+    manifest = store.read_manifest(promoted.path)
+    assert manifest["promoted_from"]["name"] == "trial"
+    assert manifest["architecture"] == {"type": "simple_rnn"}
+
+
+def test_promote_refuses_a_corrupt_version(tmp_path: Path) -> None:
+    source = store.publish(tmp_path / "scratch", "trial", _write_minimal).path
+    (source / store.TOKENIZER).write_text("tampered")
+    with pytest.raises(store.ModelStoreError, match="sha256"):
+        store.promote(source, tmp_path / "serving", "prod")
+    assert store.versions(tmp_path / "serving", "prod") == []
