@@ -14,8 +14,8 @@ reading the text with the service's own tokenizer rules and calling the Keras mo
 `predict` (model.keras of the same version) once per request.
 
 stack: not a target, a diagnosis. The service's own app (`create_app`: its middleware, routes,
-dependencies and error handling) with a predictor that answers constants: what the service
-costs apart from the model.
+dependencies, model manager and error handling), the model loaded as usual, but
+`Predictor.predict_async` answering constants: what the service costs apart from the model.
 
 All run under uvicorn with the settings `nextword serve` uses (one worker, uvicorn's default
 event loop and HTTP parser: uvloop and httptools when installed, log level info with the access
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -101,27 +100,21 @@ def naive_app(store: Path, name: str, version: str) -> FastAPI:
     return app
 
 
-class ConstantPredictor:
-    """Stands in for the Predictor in the service's own app: the model's work left out."""
-
-    info = CONSTANT_INFO
-
-    async def predict_async(self, text: str, top_k: int, include_special: bool) -> Prediction:
-        return CONSTANT
+async def _constant_prediction(
+    self: object, text: str, top_k: int = 5, include_special: bool = False
+) -> Prediction:
+    return CONSTANT
 
 
 def stack_app(store: Path, name: str) -> FastAPI:
     from app.api.app import create_app
-    from app.api.deps import get_predictor
+    from app.inference.predictor import Predictor
     from app.settings import load_settings
 
-    app = create_app(load_settings(model_store=store, model_name=name))
-
-    async def constant() -> AsyncIterator[ConstantPredictor]:
-        yield ConstantPredictor()  # a generator, as the real dependency (a lease) is
-
-    app.dependency_overrides[get_predictor] = constant
-    return app
+    # On the class, not through dependency_overrides: FastAPI analyses an override's signature
+    # again on every request, which would cost more than what is measured.
+    Predictor.predict_async = _constant_prediction  # type: ignore[method-assign]
+    return create_app(load_settings(model_store=store, model_name=name))
 
 
 def serve(app: Any, port: int) -> None:

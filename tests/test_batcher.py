@@ -13,7 +13,7 @@ from app.inference.batcher import MicroBatcher
 
 
 class Doubler:
-    """compute(jobs): each job doubled; records the batches and the threads they ran on."""
+    """The heavy part: each job doubled; records the batches and the threads they ran on."""
 
     def __init__(self, pause_s: float = 0.0, fail_on: int | None = None) -> None:
         self.batches: list[list[int]] = []
@@ -30,11 +30,22 @@ class Doubler:
         return [2 * job for job in jobs]
 
 
+def finish(jobs: Sequence[int], doubled: list[int]) -> list[int]:
+    assert threading.current_thread() is threading.main_thread()  # the light part: on the loop
+    return doubled
+
+
+def make_batcher(
+    compute: Doubler, max_size: int, max_wait_s: float = 0.0
+) -> MicroBatcher[int, list[int], int]:
+    return MicroBatcher(compute, finish, max_size, max_wait_s)
+
+
 def test_a_request_alone_is_computed_at_once_on_the_loop() -> None:
     compute = Doubler()
 
     async def main() -> int:
-        batcher = MicroBatcher(compute, max_size=8, max_wait_s=10.0)
+        batcher = make_batcher(compute, max_size=8, max_wait_s=10.0)
         started = time.monotonic()
         result = await batcher.submit(21)
         assert time.monotonic() - started < 1.0  # max_wait_s is not for a lone request
@@ -49,7 +60,7 @@ def test_concurrent_requests_share_batches_on_the_worker_in_order() -> None:
     compute = Doubler(pause_s=0.01)
 
     async def main() -> list[int]:
-        batcher = MicroBatcher(compute, max_size=16)
+        batcher = make_batcher(compute, max_size=16)
         results = await asyncio.gather(*(batcher.submit(i) for i in range(40)))
         stats = batcher.stats()
         await batcher.aclose()
@@ -66,7 +77,7 @@ def test_the_event_loop_runs_on_while_a_batch_is_computed() -> None:
     compute = Doubler(pause_s=0.3)
 
     async def main() -> int:
-        batcher = MicroBatcher(compute, max_size=8)
+        batcher = make_batcher(compute, max_size=8)
         ticks = 0
 
         async def ticker() -> None:
@@ -88,7 +99,7 @@ def test_a_batch_with_company_waits_for_more_up_to_max_wait() -> None:
     compute = Doubler()
 
     async def main() -> None:
-        batcher = MicroBatcher(compute, max_size=8, max_wait_s=0.5)
+        batcher = make_batcher(compute, max_size=8, max_wait_s=0.5)
         first = asyncio.gather(batcher.submit(1), batcher.submit(2))
         await asyncio.sleep(0.05)  # well within the wait: joins the same batch
         await asyncio.gather(first, batcher.submit(3))
@@ -102,7 +113,7 @@ def test_an_error_reaches_every_request_of_its_batch_and_no_other() -> None:
     compute = Doubler(fail_on=3)
 
     async def main() -> list[object]:
-        batcher = MicroBatcher(compute, max_size=4)
+        batcher = make_batcher(compute, max_size=4)
         results = await asyncio.gather(
             *(batcher.submit(i) for i in range(8)), return_exceptions=True
         )
@@ -118,7 +129,7 @@ def test_a_cancelled_request_leaves_the_others_answered() -> None:
     compute = Doubler(pause_s=0.05)
 
     async def main() -> list[int]:
-        batcher = MicroBatcher(compute, max_size=2)
+        batcher = make_batcher(compute, max_size=2)
         tasks = [asyncio.create_task(batcher.submit(i)) for i in range(5)]
         await asyncio.sleep(0)
         tasks[3].cancel()
@@ -133,7 +144,7 @@ def test_aclose_answers_the_queue_and_can_be_called_again() -> None:
     compute = Doubler(pause_s=0.05)
 
     async def main() -> list[int]:
-        batcher = MicroBatcher(compute, max_size=2)
+        batcher = make_batcher(compute, max_size=2)
         tasks = [asyncio.create_task(batcher.submit(i)) for i in range(6)]
         await asyncio.sleep(0.01)  # the first batch is on the worker, the rest queued
         await batcher.aclose()
@@ -146,4 +157,4 @@ def test_aclose_answers_the_queue_and_can_be_called_again() -> None:
 
 def test_settings_out_of_range_are_refused() -> None:
     with pytest.raises(ValueError):
-        MicroBatcher(Doubler(), max_size=0)
+        MicroBatcher(Doubler(), finish, max_size=0)

@@ -1,24 +1,33 @@
-"""Micro-batching: the model work of concurrent requests, done together, off the event loop.
+"""Micro-batching: the output layers of concurrent requests in one matrix product, off the loop.
 
-Each request tokenises its text on the event loop and looks up where its reading can start
-(the state cache), then submits a job here and waits. What happens next depends on what else
-is going on:
+Each request reads its text and runs its recurrent steps on the event loop (a step or two, with
+the state cache), then submits a job here and waits. A batch is computed in two parts:
+
+    offload(jobs)          the heavy part, one NumPy call that releases the GIL throughout
+                           (the output layer: ~0.2 ms and 10 MB of weights a row)
+    finish(jobs, offload)  the light rest, on the loop (softmax, top-k: ~20 µs a row)
+
+and where the heavy part runs depends on what else is going on:
 
     alone (nothing else submitted, no batch running, no company for BUSY_WINDOW_S)
-        computed at once, on the event loop, at the end of this loop turn: no thread hop and
-        no waiting, so a lone request costs what the model costs (a step or two and the
-        output layer: ~0.2 ms).
+        on the event loop, at the end of this loop turn: no thread hop and no waiting, so a
+        lone request costs what the model costs.
     with others (several submitted in the same turn, a batch running, or recently so)
         queued; when the worker thread is free, up to `max_size` queued jobs go to it as one
-        batch. The loop goes on parsing and answering other requests meanwhile, and the
-        worker releases the GIL in NumPy for most of the batch.
+        batch, while the loop goes on parsing and answering other requests.
+
+Why one call on the worker: Python code holds the GIL, and the event loop runs Python all the
+time under load. Each time a worker thread comes back from NumPy it must wait for the GIL (and
+the loop for it, after): with a few dozen calls a batch, those hand-overs cost more than the
+worker saves. With one, a batch costs two (measured: ~1,000 requests/s with the whole batch on
+the worker, loop and worker both mostly waiting; see benchmarks/README.md).
 
 Why "recently": under load, requests reach the batcher one loop turn apart as often as not, and
 each would find it idle and be computed on the loop, which then does all the work while the
 worker's core idles. Once requests have been seen together, they go to the worker for the
 next BUSY_WINDOW_S, and the queue that builds up while a batch runs keeps batches coming.
 
-The event loop itself never runs more than one job of model work at a time. A queued job waits
+The event loop itself never runs more than one job's heavy part at a time. A queued job waits
 for the batch running and its own (or more when over `max_size` are queued). With
 `max_wait_s` > 0, a batch that has company but is not full waits that long for more before it
 starts (fewer, fuller batches for more latency); a lone request never waits.
@@ -33,25 +42,31 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Generic, TypeVar
 
 J = TypeVar("J")
+X = TypeVar("X")
 R = TypeVar("R")
 
 # After requests were last seen together, how long lone ones still go to the worker.
 BUSY_WINDOW_S = 0.5
 
 
-class MicroBatcher(Generic[J, R]):
-    """Runs `compute(jobs) -> results` (one result per job, in order) over batches of jobs.
+class MicroBatcher(Generic[J, X, R]):
+    """Computes `finish(jobs, offload(jobs))` (one result per job, in order) over batches.
 
-    Lives on one event loop; `compute` must be thread-safe (it runs on the loop or on the
-    batcher's one worker thread, never on both at once).
+    Lives on one event loop; `offload` must be thread-safe (it runs on the loop or on the
+    batcher's one worker thread, never on both at once); `finish` always runs on the loop.
     """
 
     def __init__(
-        self, compute: Callable[[Sequence[J]], list[R]], max_size: int, max_wait_s: float = 0.0
+        self,
+        offload: Callable[[Sequence[J]], X],
+        finish: Callable[[Sequence[J], X], list[R]],
+        max_size: int,
+        max_wait_s: float = 0.0,
     ) -> None:
         if max_size < 1 or max_wait_s < 0:
             raise ValueError("max_size must be 1 or more and max_wait_s 0 or more")
-        self._compute = compute
+        self._offload = offload
+        self._finish = finish
         self.max_size = max_size
         self.max_wait_s = max_wait_s
         self._queue: list[tuple[J, asyncio.Future[R]]] = []
@@ -62,14 +77,18 @@ class MicroBatcher(Generic[J, R]):
         self._waited = False  # the batch being formed has waited max_wait_s already
         self._busy_until = 0.0  # loop time until which a lone request goes to the worker too
         self.batches = 0  # batches run, on the loop or the worker
-        self.rows = 0  # requests in them
+        self.rows = 0  # jobs in them
         self.worker_batches = 0
         self.worker_seconds = 0.0  # from handing a batch to the worker to having its results
+
+    def run(self, jobs: Sequence[J]) -> list[R]:
+        """Compute a batch here and now (the blocking path; also after `aclose`)."""
+        return self._finish(jobs, self._offload(jobs))
 
     async def submit(self, job: J) -> R:
         """The result for one job, computed alone or in a batch."""
         if self._closed:  # a straggler after aclose: answered, on the loop
-            return self._run([job])[0]
+            return self.run([job])[0]
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         self._queue.append((job, future))
@@ -83,17 +102,17 @@ class MicroBatcher(Generic[J, R]):
         self._queue = [(job, future) for job, future in self._queue if not future.done()]
         if self._running is not None or not self._queue or self._closed:
             return  # the running batch starts the next when it ends; aclose answers the rest
+        loop = asyncio.get_running_loop()
         if 1 < len(self._queue) < self.max_size and self.max_wait_s > 0 and not self._waited:
             self._waited = True
-            self._flush = asyncio.get_running_loop().call_later(self.max_wait_s, self._start_batch)
+            self._flush = loop.call_later(self.max_wait_s, self._start_batch)
             return
         self._waited = False
-        loop = asyncio.get_running_loop()
         batch, self._queue = self._queue[: self.max_size], self._queue[self.max_size :]
         if len(batch) > 1:
             self._busy_until = loop.time() + BUSY_WINDOW_S
         if len(batch) == 1 and loop.time() >= self._busy_until:
-            self._settle(batch, self._run)  # alone: on the loop, now
+            self._settle(batch, lambda jobs: self._offload(jobs))  # alone: on the loop, now
         else:
             self._running = loop.create_task(self._run_on_worker(batch))
 
@@ -104,20 +123,17 @@ class MicroBatcher(Generic[J, R]):
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         try:
-            results = await loop.run_in_executor(self._executor, self._run, jobs)
-            self.worker_batches += 1
-            self.worker_seconds += time.perf_counter() - started
-            for (_, future), result in zip(batch, results, strict=True):
-                if not future.done():
-                    future.set_result(result)
+            heavy = await loop.run_in_executor(self._executor, self._offload, jobs)
         except asyncio.CancelledError:
             for _, future in batch:
                 future.cancel()
             raise
         except Exception as error:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(error)
+            self._fail(batch, error)
+        else:
+            self.worker_batches += 1
+            self.worker_seconds += time.perf_counter() - started
+            self._settle(batch, lambda _: heavy)
         finally:
             self._running = None
             if self._queue and self._flush is None:
@@ -125,26 +141,26 @@ class MicroBatcher(Generic[J, R]):
                 self._start_batch()
 
     def _settle(
-        self,
-        batch: list[tuple[J, asyncio.Future[R]]],
-        run: Callable[[Sequence[J]], list[R]],
+        self, batch: list[tuple[J, asyncio.Future[R]]], heavy: Callable[[Sequence[J]], X]
     ) -> None:
+        """Finish a batch on the loop and hand each request its result (or the error)."""
+        jobs = [job for job, _ in batch]
         try:
-            results = run([job for job, _ in batch])
+            results = self._finish(jobs, heavy(jobs))
         except Exception as error:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(error)
+            self._fail(batch, error)
             return
+        self.batches += 1
+        self.rows += len(jobs)
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)
 
-    def _run(self, jobs: Sequence[J]) -> list[R]:
-        results = self._compute(jobs)
-        self.batches += 1
-        self.rows += len(jobs)
-        return results
+    @staticmethod
+    def _fail(batch: list[tuple[J, asyncio.Future[R]]], error: Exception) -> None:
+        for _, future in batch:
+            if not future.done():
+                future.set_exception(error)
 
     async def aclose(self) -> None:
         """Finish the batch running and answer those queued; stop the worker. Idempotent."""
@@ -157,17 +173,16 @@ class MicroBatcher(Generic[J, R]):
         queued = [(job, future) for job, future in self._queue if not future.done()]
         self._queue = []
         if queued:
-            self._settle(queued, self._run)
+            self._settle(queued, lambda jobs: self._offload(jobs))
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
 
     def stats(self) -> dict[str, float]:
+        worker, seconds = self.worker_batches, self.worker_seconds
         return {
             "batches": self.batches,
-            "worker_batches": self.worker_batches,
+            "worker_batches": worker,
             "mean_batch_size": round(self.rows / self.batches, 2) if self.batches else 0.0,
-            "mean_worker_batch_ms": round(1000 * self.worker_seconds / self.worker_batches, 3)
-            if self.worker_batches
-            else 0.0,
+            "mean_worker_batch_ms": round(1000 * seconds / worker, 3) if worker else 0.0,
         }

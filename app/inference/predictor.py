@@ -62,18 +62,12 @@ class Prefix:
     unknown_words: list[str]  # the user's words (after standardisation) the model does not know
 
 
-@dataclass(frozen=True)
-class _Job:
-    """What a request hands the batcher."""
-
-    ids: tuple[int, ...]  # the whole prefix
-    start: CachedState  # the longest prefix of it whose state is stored
-    top_k: int
-    first: int  # the lowest id that may be offered (no special tokens: FIRST_WORD_ID)
-
-
-# What it gets back: the ids most likely first, and their probabilities.
+# What a request hands the batcher: its state (hidden,), top_k, and the lowest id that may be
+# offered (FIRST_WORD_ID: no special tokens); and what it gets back: the ids most likely
+# first, and their probabilities.
+_Job = tuple[np.ndarray, int, int]
 _Best = tuple[np.ndarray, np.ndarray]
+_Products = tuple[np.ndarray, np.ndarray]  # engine.output_products
 
 
 @dataclass(frozen=True)
@@ -115,8 +109,11 @@ class Predictor:
         size = options.cache_size
         self.reader = TextReader(tokenizer, cache_size=size)
         self._states = StateCache(size) if size else None
-        self._batcher: MicroBatcher[_Job, _Best] = MicroBatcher(
-            self._next_words, options.batch_max_size, options.batch_max_wait_ms / 1000
+        self._batcher: MicroBatcher[_Job, _Products, _Best] = MicroBatcher(
+            self._output_layer,
+            self._best,
+            options.batch_max_size,
+            options.batch_max_wait_ms / 1000,
         )
 
     @classmethod
@@ -185,12 +182,43 @@ class Predictor:
         reading = self.reader.read(text)
         return Prefix(list(reading.ids), list(reading.tokens), list(reading.unknown_words))
 
-    # --- ids -> state -> next words -----------------------------------------------------------
+    # --- ids -> state ---------------------------------------------------------------------------
 
     def state_for(self, ids: Sequence[int]) -> np.ndarray:
         """The hidden state after reading `ids` from a zero state: (hidden,), float32."""
         key = tuple(ids)
-        return self._read_rows([_Job(key, self._start(key), 1, 0)])[0]
+        start = self._start(key)
+        rest = key[start.length :]
+        return self._keep(key, engine.run(self.weights, rest, start.state), start)
+
+    async def _state_async(self, key: tuple[int, ...]) -> np.ndarray:
+        """`state_for` on the event loop, yielding it every STEPS_PER_TURN steps."""
+        start = self._start(key)
+        state, done = start.state, start.length
+        while done < len(key):
+            if done > start.length:
+                await asyncio.sleep(0)  # a long text read from scratch: let others through
+            state = engine.run(self.weights, key[done : done + STEPS_PER_TURN], state)
+            done += STEPS_PER_TURN
+        return self._keep(key, state, start)
+
+    def _start(self, key: tuple[int, ...]) -> CachedState:
+        # The longest prefix of `key` with a stored state: reading starts there.
+        if self._states is None:
+            return CachedState(0, None, CHAIN_START)
+        return self._states.lookup(key)
+
+    def _keep(
+        self, key: tuple[int, ...], state: np.ndarray | None, start: CachedState
+    ) -> np.ndarray:
+        if state is None:  # no ids at all: the zero state
+            return engine.run(self.weights, ())
+        rest = key[start.length :]
+        if self._states is not None and rest:
+            self._states.store(key, state, chain_of(rest, start.chain))
+        return state
+
+    # --- state -> next words ----------------------------------------------------------------------
 
     def distribution(self, state: np.ndarray) -> np.ndarray:
         """Probabilities of every vocabulary id coming next: (vocab,) float32, summing to 1.
@@ -199,6 +227,15 @@ class Predictor:
         """
         return engine.softmax(engine.logits(self.weights, state), in_place=True)
 
+    def _output_layer(self, jobs: Sequence[_Job]) -> _Products:
+        # The batcher's heavy part (the worker thread, or the loop for a lone request).
+        return engine.output_products(self.weights, np.stack([job[0] for job in jobs]))
+
+    def _best(self, jobs: Sequence[_Job], products: _Products) -> list[_Best]:
+        # The light rest, on the loop: the products -> scores (batch, vocab) -> each job's top k.
+        scores = engine.scores_from(self.weights, *products)
+        return engine.best_of(scores, [job[1] for job in jobs], [job[2] for job in jobs])
+
     def predict(self, text: str, top_k: int = 5, include_special: bool = False) -> Prediction:
         """The `top_k` most likely next words after `text`, most likely first.
 
@@ -206,63 +243,18 @@ class Predictor:
         probabilities are the model's own over the whole vocabulary (they are not renormalised).
         """
         reading = self._check_and_read(text, top_k)
-        first = 0 if include_special else FIRST_WORD_ID
-        job = _Job(reading.ids, self._start(reading.ids), top_k, first)
-        return self._prediction(reading, self._next_words([job])[0])
+        job = (self.state_for(reading.ids), top_k, 0 if include_special else FIRST_WORD_ID)
+        return self._prediction(reading, self._batcher.run([job])[0])
 
     async def predict_async(
         self, text: str, top_k: int = 5, include_special: bool = False
     ) -> Prediction:
-        """`predict` for the event loop: the recurrent steps and the output layer are batched
-        with concurrent requests, on a worker thread when there are any. The same answer."""
+        """`predict` for the event loop: the output layer is batched with concurrent requests
+        and computed on a worker thread when there are any. The same answer as `predict`."""
         reading = self._check_and_read(text, top_k)
-        start = self._start(reading.ids)
-        if len(reading.ids) - start.length > STEPS_PER_TURN:
-            start = await self._read_long(reading.ids, start)
-        first = 0 if include_special else FIRST_WORD_ID
-        job = _Job(reading.ids, start, top_k, first)
+        state = await self._state_async(reading.ids)
+        job = (state, top_k, 0 if include_special else FIRST_WORD_ID)
         return self._prediction(reading, await self._batcher.submit(job))
-
-    def _start(self, key: tuple[int, ...]) -> CachedState:
-        # The longest prefix of `key` with a stored state: reading starts there.
-        if self._states is None:
-            return CachedState(0, None, CHAIN_START)
-        return self._states.lookup(key)
-
-    async def _read_long(self, key: tuple[int, ...], start: CachedState) -> CachedState:
-        """Read a long prefix on the loop, yielding it every STEPS_PER_TURN steps (a batch
-        waits for its slowest row: a long one would hold up all the others)."""
-        state, chain, done = start.state, start.chain, start.length
-        if state is None:
-            state = np.zeros(self.weights.hidden_units, dtype=engine.FLOAT)
-        while done < len(key):
-            chunk = key[done : done + STEPS_PER_TURN]
-            state = engine.run(self.weights, chunk, state)
-            chain = chain_of(chunk, chain)
-            done += len(chunk)
-            await asyncio.sleep(0)
-        if self._states is not None:
-            self._states.store(key, state, chain)
-        return CachedState(done, state, chain)
-
-    def _read_rows(self, jobs: Sequence[_Job]) -> np.ndarray:
-        """The state after each job's ids, (batch, hidden): from its start, all rows together."""
-        zero = np.zeros(self.weights.hidden_units, dtype=engine.FLOAT)
-        starts = np.stack([zero if job.start.state is None else job.start.state for job in jobs])
-        rests = [job.ids[job.start.length :] for job in jobs]
-        states = engine.run_rows(self.weights, rests, starts)
-        if self._states is not None:
-            for job, rest, state in zip(jobs, rests, states, strict=True):
-                if rest:
-                    self._states.store(job.ids, state.copy(), chain_of(rest, job.start.chain))
-        return states
-
-    def _next_words(self, jobs: Sequence[_Job]) -> list[_Best]:
-        """Batched work (on the loop or the batcher's worker): steps, then the output layer."""
-        states = self._read_rows(jobs)
-        ks = [job.top_k for job in jobs]
-        firsts = [job.first for job in jobs]
-        return engine.next_words(self.weights, states, ks, firsts)
 
     def _check_and_read(self, text: str, top_k: int) -> Reading:
         if top_k < 1:
