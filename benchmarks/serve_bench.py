@@ -159,16 +159,15 @@ def plot(servers: dict[str, dict[str, Any]], path: Path) -> None:
     names = [name for name in ("service", "floor", "naive", "stack") if name in servers]
     figure, (rates, latencies) = plt.subplots(1, 2, figsize=(11, 4.2))
     width = 0.8 / len(names)
+    labels = [str(c) for c in CONCURRENCY]
     for i, name in enumerate(names):
+        color = f"C{i}"  # one colour a server, in both panels
         xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(CONCURRENCY))]
         rates.bar(xs, [servers[name][f"c{c}"]["requests_per_s"] for c in CONCURRENCY], width,
-                  label=name)  # fmt: skip
-        latencies.plot([str(c) for c in CONCURRENCY],
-                       [servers[name][f"c{c}"]["p50_us"] / 1000 for c in CONCURRENCY],
-                       marker="o", label=f"{name} p50")  # fmt: skip
-        latencies.plot([str(c) for c in CONCURRENCY],
-                       [servers[name][f"c{c}"]["p99_us"] / 1000 for c in CONCURRENCY],
-                       marker="x", linestyle="--", label=f"{name} p99")  # fmt: skip
+                  label=name, color=color)  # fmt: skip
+        for stat, style in (("p50", "-"), ("p99", "--")):
+            values = [servers[name][f"c{c}"][f"{stat}_us"] / 1000 for c in CONCURRENCY]
+            latencies.plot(labels, values, style, marker="o", color=color, label=f"{name} {stat}")
     rates.set_xticks(range(len(CONCURRENCY)), [f"c={c}" for c in CONCURRENCY])
     rates.set_yscale("log")
     rates.set_ylabel("requests / s (log)")

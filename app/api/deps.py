@@ -20,7 +20,10 @@ from app.settings import Settings
 _NOT_READY = "the model is not loaded yet (or any more); try again shortly"
 
 
-def get_models(request: Request) -> ModelManager:
+# The dependencies are `async def` although they never await: FastAPI runs a plain `def`
+# dependency in its thread pool, and two thread hops per request cost more than the whole web
+# stack (measured with benchmarks/serve_bench.py).
+async def get_models(request: Request) -> ModelManager:
     manager: ModelManager | None = getattr(request.app.state, "models", None)
     if manager is None or manager.current is None:
         raise ModelNotReady(_NOT_READY)
@@ -28,17 +31,17 @@ def get_models(request: Request) -> ModelManager:
 
 
 async def get_predictor(request: Request) -> AsyncIterator[Predictor]:
-    manager = get_models(request)
+    manager = await get_models(request)
     async with manager.lease() as predictor:
         yield predictor
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def require_json(request: Request) -> None:
+async def require_json(request: Request) -> None:
     """Refuse bodies not sent as JSON with 415 (FastAPI would only say the body is invalid)."""
     content_type = request.headers.get("content-type", "")
     media_type = content_type.split(";", 1)[0].strip().lower()

@@ -45,14 +45,11 @@ class TextReader:
         self._cache: TextCache[Reading] | None = TextCache(cache_size) if cache_size else None
 
     def read(self, text: str) -> Reading:
-        cut = max(text.rfind(" "), text.rfind("\n"))
-        if self._cache is None or cut <= 0:
+        if self._cache is None:
             return self._read(text)
-        head = self._cache.get(text[:cut])
-        if head is None:
-            head = self._read(text[:cut])
-            self._cache.put(text[:cut], head)
-        reading = self._read(text[cut:], after=head)
+        cut = max(text.rfind(" "), text.rfind("\n"))
+        head = self._cache.get(text[:cut]) if cut > 0 else None
+        reading = self._read(text) if head is None else self._read(text[cut:], after=head)
         self._cache.put(text, reading)  # the head of the next request, if typing goes on
         return reading
 
