@@ -83,17 +83,19 @@ def _add_evaluate(commands: Any) -> None:
         "evaluate", help="perplexity and top-k accuracy of a saved model on a text file"
     )
     parser.add_argument("text_file", type=Path)
-    parser.add_argument("--store", type=Path, default=Path("model_store"))
-    parser.add_argument("--name", default="default")
-    parser.add_argument("--version", default="latest", help="a number or 'latest'")
+    from app import serve_cli
+
+    # The same model flags and defaults (NEXTWORD_* settings) as `serve` and `predict`.
+    serve_cli.add_model_flags(parser)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from app import store
+    from app import serve_cli, store
     from app.tokenizer import Tokenizer
     from app.training.corpus import read_lines
 
-    path = store.version_dir(args.store, args.name, args.version)
+    settings = serve_cli.model_settings(args)
+    path = store.version_dir(settings.model_store, settings.model_name, settings.model_version)
     manifest = store.read_manifest(path)
     lines = read_lines(args.text_file)
     tokenizer = Tokenizer.load(path / store.TOKENIZER)
@@ -107,7 +109,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     model = keras.saving.load_model(path / store.KERAS_MODEL)
     metrics = evaluate_ids(model, ids, int(manifest["architecture"]["hidden_units"]))
     print(
-        f"{args.name} v{path.name} on {args.text_file}: {metrics.tokens:,} tokens  "
+        f"{settings.model_name} v{path.name} on {args.text_file}: {metrics.tokens:,} tokens  "
         f"perplexity {metrics.perplexity:.2f}  top-1 {metrics.top1:.4f}  "
         f"top-3 {metrics.top3:.4f}  top-5 {metrics.top5:.4f}"
     )

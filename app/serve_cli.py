@@ -29,7 +29,7 @@ def add_commands(commands: Any) -> None:
         description="Serve a model from the model store. Settings come from NEXTWORD_* "
         "environment variables; these flags override them.",
     )
-    _add_model_flags(serve)
+    add_model_flags(serve)
     serve.add_argument("--host", help="address to listen on (NEXTWORD_HOST, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (NEXTWORD_PORT, 8000)")
     serve.add_argument("--log-level", help="critical|error|warning|info|debug (NEXTWORD_LOG_LEVEL)")
@@ -44,23 +44,23 @@ def add_commands(commands: Any) -> None:
     predict.add_argument(
         "--include-special", action="store_true", help="also offer <unk> and <eos>"
     )
-    _add_model_flags(predict)
+    add_model_flags(predict)
 
 
-def _add_model_flags(parser: argparse.ArgumentParser) -> None:
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", type=Path, help="model store folder (NEXTWORD_MODEL_STORE)")
     parser.add_argument("--name", help="model name (NEXTWORD_MODEL_NAME, ptb)")
     parser.add_argument("--version", help="a number or 'latest' (NEXTWORD_MODEL_VERSION)")
 
 
-def _settings(args: argparse.Namespace, **more: Any) -> Settings:
+def model_settings(args: argparse.Namespace, **more: Any) -> Settings:
     return load_settings(
         model_store=args.store, model_name=args.name, model_version=args.version, **more
     )
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    settings = _settings(args, host=args.host, port=args.port, log_level=args.log_level)
+    settings = model_settings(args, host=args.host, port=args.port, log_level=args.log_level)
     import uvicorn
 
     from app.api.app import create_app
@@ -132,7 +132,7 @@ def _run_predict(args: argparse.Namespace) -> int:
 
     if not 1 <= args.top_k <= 100:
         raise ValueError(f"--top-k must be between 1 and 100, not {args.top_k}")
-    settings = _settings(args)
+    settings = model_settings(args)
     predictor = Predictor.load(settings.model_store, settings.model_name, settings.model_version)
     prediction = predictor.predict(" ".join(args.text), args.top_k, args.include_special)
     info = predictor.info
