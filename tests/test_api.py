@@ -70,7 +70,7 @@ def test_special_tokens_only_on_request(client: TestClient) -> None:
 
 
 def test_health_ready_and_models(client: TestClient, tiny_model: TinyModel) -> None:
-    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/health").json() == {"status": "ok", "in_flight": 0}
     assert client.get("/ready").json() == {
         "status": "ready",
         "model": {"name": "tiny", "version": tiny_model.version},

@@ -3,7 +3,9 @@ TensorFlow anywhere on the serving path."""
 
 from __future__ import annotations
 
+import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -28,7 +30,8 @@ def test_serve_answers_over_http_and_stops_cleanly(tiny_model: TinyModel, tmp_pa
         assert body["tokens"] == ["<eos>", "our", "neighbour", "watches"]
         assert body["next_word"] in {"the", "a"}  # learned: an object comes next
         assert len(body["predictions"]) == 2
-        assert httpx.get(server.url + "/health", timeout=5).json() == {"status": "ok"}
+        health = httpx.get(server.url + "/health", timeout=5).json()
+        assert health == {"status": "ok", "in_flight": 0}
         assert httpx.get(server.url + "/docs", timeout=5).status_code == 200
 
         # A graceful stop ends with status 0 (tests/test_shutdown.py: under load).
@@ -38,6 +41,46 @@ def test_serve_answers_over_http_and_stops_cleanly(tiny_model: TinyModel, tmp_pa
     assert f"serving model tiny v{tiny_model.version}" in output
     assert "Application shutdown complete" in output
     assert "Traceback" not in output
+
+
+def _exchange(connection: socket.socket, request: bytes) -> bytes:
+    """Send one request and read one whole response (it has a Content-Length)."""
+    connection.sendall(request)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += connection.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"content-length: (\d+)", head, re.IGNORECASE)[1])  # type: ignore[index]
+    while len(body) < length:
+        body += connection.recv(65536)
+    return head
+
+
+def test_a_body_refused_as_too_large_is_drained_and_the_connection_kept(
+    tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    # Closing with the body unread would reset the connection, which can destroy the 413.
+    with (
+        serving(tiny_model, tmp_path) as server,
+        socket.create_connection(
+            ("127.0.0.1", int(server.url.rsplit(":", 1)[1])), timeout=10
+        ) as connection,
+    ):
+        too_large = b"x" * 200_000  # over the 64 KiB default, under DRAIN_BYTES
+        head = _exchange(
+            connection,
+            b"POST /predict HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n%s" % (len(too_large), too_large),
+        )
+        assert head.startswith(b"HTTP/1.1 413"), head
+        assert b"connection: close" not in head.lower()
+        body = b'{"text": "our neighbour"}'
+        head = _exchange(  # the same connection answers the next request
+            connection,
+            b"POST /predict HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n%s" % (len(body), body),
+        )
+        assert head.startswith(b"HTTP/1.1 200"), head
 
 
 def test_serve_without_a_model_exits_with_one_line(tmp_path: Path) -> None:

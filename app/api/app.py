@@ -29,7 +29,13 @@ from fastapi_offline import FastAPIOffline
 
 from app.api import admin
 from app.api.errors import documented, install_error_handlers
-from app.api.middleware import BodySizeLimit, Deadline, InFlightLimit, OneLineStartupError
+from app.api.middleware import (
+    BodySizeLimit,
+    Deadline,
+    InFlightLimit,
+    Load,
+    OneLineStartupError,
+)
 from app.api.routes import probes, router
 from app.api.security import require_admin_key, require_api_key
 from app.serving.manager import ModelManager
@@ -98,7 +104,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(OneLineStartupError)
     app.add_middleware(Deadline, seconds=settings.predict_timeout_s, paths=["/predict"])
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(InFlightLimit, limit=settings.max_in_flight, exempt=["/health", "/ready"])
+    app.state.load = Load()
+    app.add_middleware(
+        InFlightLimit,
+        limit=settings.max_in_flight,
+        load=app.state.load,
+        exempt=["/health", "/ready"],
+    )
     if settings.cors_origins:
         # Outermost, so that error answers (413, 503...) carry the CORS headers a browser
         # needs to show them. No cookies are used: credentials stay off.

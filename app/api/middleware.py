@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Collection
 from contextlib import suppress
+from dataclasses import dataclass
 from http import HTTPStatus
 
 from starlette.datastructures import Headers
@@ -16,6 +17,14 @@ from app.store import ModelStoreError
 
 class _BodyTooLarge(Exception):
     pass
+
+
+# A refused body with a declared length up to this is read and thrown away by the server after
+# the 413 (uvicorn discards the body of a request it has answered) and the connection is kept.
+# Closing instead, with the body still unread in the socket, makes the kernel send a reset that
+# can destroy the 413 before the client reads it: the "lingering close" problem servers such as
+# nginx and Apache solve the same way. A larger or unknown length still closes the connection.
+DRAIN_BYTES = 1 << 20
 
 
 class BodySizeLimit:
@@ -40,7 +49,10 @@ class BodySizeLimit:
                 await self._refuse(scope, receive, send, HTTPStatus.BAD_REQUEST)
                 return
             if int(declared) > self.max_bytes:
-                await self._refuse(scope, receive, send, HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+                await self._refuse(
+                    scope, receive, send, HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                    close=int(declared) > DRAIN_BYTES,
+                )  # fmt: skip
                 return
 
         received = 0
@@ -71,15 +83,25 @@ class BodySizeLimit:
         if too_large and not response_started:
             await self._refuse(scope, receive, send, HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: HTTPStatus) -> None:
+    async def _refuse(
+        self, scope: Scope, receive: Receive, send: Send, status: HTTPStatus, close: bool = True
+    ) -> None:
         if status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
             code, message = "payload_too_large", f"the body is over {self.max_bytes} bytes"
         else:
             code, message = "bad_request", "the Content-Length header is not a number"
         response = error_json(status, code, message)
-        # Tell the server to close the connection: the rest of the body is not going to be read.
-        response.headers["connection"] = "close"
+        if close:  # the rest of the body is not going to be read (see DRAIN_BYTES)
+            response.headers["connection"] = "close"
         await response(scope, receive, send)
+
+
+@dataclass
+class Load:
+    """Requests being answered now, probes not counted; counted by InFlightLimit and shown by
+    /health (one event loop updates it, so it needs no lock)."""
+
+    in_flight: int = 0
 
 
 class InFlightLimit:
@@ -88,20 +110,20 @@ class InFlightLimit:
     Queueing without a bound only moves the wait into memory and past the clients' own
     time-outs; a quick 503 lets a client or load balancer retry later or elsewhere. The probes
     (`exempt`, e.g. /health) always pass: they must keep saying whether the process is alive.
-    One event loop runs this, so the counter needs no lock.
     """
 
-    def __init__(self, app: ASGIApp, limit: int, exempt: Collection[str] = ()) -> None:
+    def __init__(self, app: ASGIApp, limit: int, load: Load, exempt: Collection[str] = ()) -> None:
         self.app = app
         self.limit = limit
+        self.load = load
         self.exempt = frozenset(exempt)
-        self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.exempt:
             await self.app(scope, receive, send)
             return
-        if self.in_flight >= self.limit:
+        load = self.load
+        if load.in_flight >= self.limit:
             response = error_json(
                 HTTPStatus.SERVICE_UNAVAILABLE,
                 "overloaded",
@@ -110,11 +132,11 @@ class InFlightLimit:
             response.headers["retry-after"] = "1"
             await response(scope, receive, send)
             return
-        self.in_flight += 1
+        load.in_flight += 1
         try:
             await self.app(scope, receive, send)
         finally:
-            self.in_flight -= 1
+            load.in_flight -= 1
 
 
 class Deadline:

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 
 from app.api.deps import ModelsDep, PredictorDep, SettingsDep, require_json
 from app.api.errors import TextTooLong, documented
@@ -47,8 +47,8 @@ async def predict(
 
 
 @probes.get("/health", summary="The process is alive")
-async def health() -> Status:
-    return Status(status="ok")
+async def health(request: Request) -> Status:
+    return Status(status="ok", in_flight=request.app.state.load.in_flight)
 
 
 @probes.get(

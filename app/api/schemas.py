@@ -108,6 +108,9 @@ class PredictResponse(BaseModel):
 
 class Status(BaseModel):
     status: str = Field(examples=["ok"])
+    in_flight: int = Field(
+        examples=[3], description="Requests being answered now (the probes not counted)"
+    )
 
 
 class ModelDescription(BaseModel):

@@ -46,7 +46,7 @@ class TrainConfig:
     # Stop after this many epochs without improvement (the best weights are restored).
     early_stop_patience: int = 3
     min_learning_rate: float = 1e-6  # stop once the learning rate decays below this
-    max_minutes: float = 0.0  # stop after the epoch that passes this wall time (0: no limit)
+    max_minutes: float = 0.0  # no epoch is started that would end past this (0: no limit)
     seed: int = 1234
     # --- output ---
     store: str = "model_store"

@@ -213,7 +213,10 @@ def train(
             result.stop_reason = "learning rate fell below min_learning_rate"
             break
         minutes = (time.perf_counter() - started) / 60
-        if config.max_minutes and minutes >= config.max_minutes:
+        # Stop before an epoch that would end past the budget (the last one is the best guess
+        # of how long the next takes), so that max_minutes is a ceiling, not a starting line.
+        next_epoch_minutes = (epoch_seconds + eval_seconds) / 60
+        if config.max_minutes and minutes + next_epoch_minutes > config.max_minutes:
             result.stop_reason = f"time budget of {config.max_minutes:g} minutes reached"
             break
     else:
