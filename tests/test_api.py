@@ -6,7 +6,8 @@ import asyncio
 import json
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,7 @@ from starlette.types import Message
 
 from app import store
 from app.api.app import create_app
-from app.api.deps import get_predictor
-from app.api.middleware import BodySizeLimit
+from app.api.middleware import BodyLimits
 from app.inference.predictor import ModelInfo, Prediction, Prefix, WordProbability
 from app.settings import Settings
 from app.store import ModelStoreError
@@ -105,11 +105,22 @@ class FakePredictor:
         return self.predict(text, top_k, include_special)
 
 
+class FixedModels:
+    """Stands in for the ModelManager on `app.state.models`: always the same predictor."""
+
+    def __init__(self, predictor: FakePredictor) -> None:
+        self.current = predictor
+
+    @asynccontextmanager
+    async def lease(self) -> AsyncIterator[FakePredictor]:
+        yield self.current
+
+
 def test_route_hands_the_request_to_the_predictor(tiny_model: TinyModel) -> None:
     app = create_app(settings_for(tiny_model))
     fake = FakePredictor()
-    app.dependency_overrides[get_predictor] = lambda: fake
     with TestClient(app, raise_server_exceptions=False) as client:
+        app.state.models = FixedModels(fake)  # after the lifespan has loaded the real one
         body = {"text": "anything", "top_k": 2, "include_special": True}
         assert client.post("/predict", json=body).json() == {
             "next_word": "b",
@@ -243,7 +254,7 @@ def test_body_limit_counts_a_stream_and_stops_reading() -> None:
         sent.append(message)
 
     scope = {"type": "http", "method": "POST", "path": "/predict", "headers": []}
-    asyncio.run(BodySizeLimit(app, max_bytes=1_024)(scope, receive, send))
+    asyncio.run(BodyLimits(app, max_bytes=1_024)(scope, receive, send))
     assert sent[0]["status"] == 413
     assert sum(read) <= 1_024  # the app never saw the chunk that went over
     assert len(chunks) == 3  # and the rest was never read

@@ -20,10 +20,9 @@ import httpx
 import pytest
 from conftest import OBJECTS, REPO, SUBJECTS, VERBS, TinyModel, serving
 from fastapi.testclient import TestClient
-from test_api import FakePredictor, settings_for
+from test_api import FakePredictor, FixedModels, settings_for
 
 from app.api.app import create_app
-from app.api.deps import get_predictor
 from app.inference.predictor import Prediction
 
 pytestmark = pytest.mark.slow
@@ -51,8 +50,10 @@ class BlockingPredictor(FakePredictor):
 
 
 def _app_with(predictor: FakePredictor, tiny_model: TinyModel, **settings: Any) -> Any:
+    # Run without its lifespan (httpx.ASGITransport does not start one), so nothing replaces
+    # the stand-in.
     app = create_app(settings_for(tiny_model, **settings))
-    app.dependency_overrides[get_predictor] = lambda: predictor
+    app.state.models = FixedModels(predictor)
     return app
 
 
@@ -89,6 +90,7 @@ def test_a_prediction_past_its_time_out_is_a_504(tiny_model: TinyModel) -> None:
     # The test client waits for the whole request to end, which is when the model work does.
     threading.Timer(1.0, blocking.release.set).start()
     with TestClient(app) as client:
+        app.state.models = FixedModels(blocking)  # the lifespan has put the real model there
         response = client.post("/predict", json={"text": "slow"})
     assert response.status_code == 504, response.text
     assert response.json()["error"] == "timeout"

@@ -1,8 +1,8 @@
 """The FastAPI application: `create_app(settings)`.
 
 The model is loaded by the lifespan when the server starts (never at import), held by a
-`ModelManager` that swaps in new versions as they are published, and handed to the routes
-through `PredictorDep`. A model that cannot be loaded stops the start-up with a one-line
+`ModelManager` that swaps in new versions as they are published, and leased to each request
+(`app.api.deps`). A model that cannot be loaded stops the start-up with a one-line
 message naming the file and the fix. Run it with `nextword serve`, or with
 `uvicorn --factory app.api.app:create_app`.
 
@@ -10,9 +10,10 @@ Requests pass through, outermost first:
 
     CORS (only when NEXTWORD_CORS_ORIGINS is set)
     InFlightLimit   503 + Retry-After past NEXTWORD_MAX_IN_FLIGHT (not /health, /ready)
-    BodySizeLimit   413 past NEXTWORD_MAX_BODY_BYTES, before anything is parsed
-    Deadline        504 when /predict has no answer within NEXTWORD_PREDICT_TIMEOUT_S
-    the routes      API key on /predict and /models, admin key on /admin (app.api.security)
+    BodyLimits      413 past NEXTWORD_MAX_BODY_BYTES, 415 for a /predict body not sent as
+                    JSON, before anything is parsed
+    the routes      API key on /predict and /models, admin key on /admin (app.api.security);
+                    504 when /predict has no answer within NEXTWORD_PREDICT_TIMEOUT_S
 """
 
 from __future__ import annotations
@@ -30,8 +31,7 @@ from fastapi_offline import FastAPIOffline
 from app.api import admin
 from app.api.errors import documented, install_error_handlers
 from app.api.middleware import (
-    BodySizeLimit,
-    Deadline,
+    BodyLimits,
     InFlightLimit,
     Load,
     OneLineStartupError,
@@ -98,12 +98,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(
             admin.router, dependencies=[Depends(require_admin_key)], responses=documented(401)
         )
+    match_first(app, "/predict")
     install_error_handlers(app)
     app.openapi = _openapi_with_limits(app, settings)  # type: ignore[method-assign]
     # Added last = outermost.
     app.add_middleware(OneLineStartupError)
-    app.add_middleware(Deadline, seconds=settings.predict_timeout_s, paths=["/predict"])
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimits, max_bytes=settings.max_body_bytes, json_paths=["/predict"])
     app.state.load = Load()
     app.add_middleware(
         InFlightLimit,
@@ -122,6 +122,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_age=600,
         )
     return app
+
+
+def match_first(app: FastAPI, path: str) -> None:
+    """Move the routes of `path` to the front: Starlette tries routes in order, and the docs'
+    routes, which come first, would otherwise be tried on every prediction."""
+    app.router.routes.sort(key=lambda route: getattr(route, "path", None) != path)  # stable
 
 
 def _openapi_with_limits(app: FastAPI, settings: Settings) -> Callable[[], dict[str, Any]]:

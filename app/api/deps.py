@@ -12,7 +12,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from app.api.errors import ModelNotReady, UnsupportedMediaType
+from app.api.errors import ModelNotReady
 from app.inference.predictor import Predictor
 from app.serving.manager import ModelManager
 from app.settings import Settings
@@ -24,34 +24,25 @@ _NOT_READY = "the model is not loaded yet (or any more); try again shortly"
 # dependency in its thread pool, and two thread hops per request cost more than the whole web
 # stack (measured with benchmarks/serve_bench.py).
 async def get_models(request: Request) -> ModelManager:
-    manager: ModelManager | None = getattr(request.app.state, "models", None)
+    return models_of(request)
+
+
+def models_of(request: Request) -> ModelManager:
+    """The model manager, once a model is being served (else a 503)."""
+    manager: ModelManager | None = request.app.state.models
     if manager is None or manager.current is None:
         raise ModelNotReady(_NOT_READY)
     return manager
 
 
 async def get_predictor(request: Request) -> AsyncIterator[Predictor]:
-    manager = await get_models(request)
-    async with manager.lease() as predictor:
+    async with models_of(request).lease() as predictor:
         yield predictor
 
 
 async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
-
-
-async def require_json(request: Request) -> None:
-    """Refuse bodies not sent as JSON with 415 (FastAPI would only say the body is invalid)."""
-    content_type = request.headers.get("content-type", "")
-    media_type = content_type.split(";", 1)[0].strip().lower()
-    if media_type != "application/json" and not (
-        media_type.startswith("application/") and media_type.endswith("+json")
-    ):
-        shown = repr(content_type) if content_type else "none"
-        raise UnsupportedMediaType(
-            f"send the body as JSON with Content-Type: application/json (got {shown})"
-        )
 
 
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]

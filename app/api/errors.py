@@ -6,13 +6,12 @@ All error bodies have one shape, `ErrorResponse`:
 
     RequestValidationError (pydantic)  422 invalid_request  a field missing, wrong or too long
     TextTooLong                        422 invalid_request  text over NEXTWORD_MAX_TEXT_CHARS
-    UnsupportedMediaType               415 unsupported_media_type
-    (BodySizeLimit middleware)         413 payload_too_large
+    (BodyLimits middleware)            415 unsupported_media_type, 413 payload_too_large
     Unauthorized                       401 unauthorized         no or a wrong API / admin key
     ModelRefused                       409 model_refused        POST /admin/reload: not served
     ModelNotReady                      503 model_not_ready
     (InFlightLimit middleware)         503 overloaded           with Retry-After
-    (Deadline middleware)              504 timeout
+    PredictionTimedOut                 504 timeout              no answer within the time-out
     HTTPException (routing, parsing)   its status: not_found, method_not_allowed, bad_request
     anything else                      500 internal_error, no detail (the server log has it)
 """
@@ -75,9 +74,15 @@ class ModelRefused(ApiError):
     code = "model_refused"
 
 
-class UnsupportedMediaType(ApiError):
-    status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
-    code = "unsupported_media_type"
+class PredictionTimedOut(ApiError):
+    status = HTTPStatus.GATEWAY_TIMEOUT
+    code = "timeout"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            f"no answer within {seconds:g} s (NEXTWORD_PREDICT_TIMEOUT_S); retry later, or with "
+            "a shorter text"
+        )
 
 
 class TextTooLong(ApiError):

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Collection
 from contextlib import suppress
 from dataclasses import dataclass
 from http import HTTPStatus
 
-from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import error_json
@@ -27,33 +25,67 @@ class _BodyTooLarge(Exception):
 DRAIN_BYTES = 1 << 20
 
 
-class BodySizeLimit:
-    """Answer 413 to a request body over `max_bytes`.
+def is_json(content_type: str) -> bool:
+    """application/json, or any application/...+json, parameters (charset) allowed."""
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )
 
-    A declared Content-Length over the limit is refused before the app runs; a body without one
-    (chunked) or one that lies about it is counted as it streams in, and refused as soon as it
-    passes the limit, so no more than `max_bytes` of it is ever read.
+
+class BodyLimits:
+    """Answer 413 to a request body over `max_bytes`, and 415 to a POST to one of `json_paths`
+    whose body is not declared as JSON (FastAPI alone would only say the body is invalid).
+
+    Both are decided here, before the app runs, in the order a client should fix them. A
+    declared Content-Length over the limit is refused at once; a body without one (chunked) is
+    counted as it streams in, and refused as soon as it passes the limit, so no more than
+    `max_bytes` of it is ever read.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, json_paths: Collection[str] = ()) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.json_paths = frozenset(json_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = Headers(scope=scope).get("content-length")
+        content_type = declared = None
+        for name, value in scope["headers"]:  # the raw list (names lower-case): no Headers object
+            if name == b"content-length":
+                declared = value
+            elif name == b"content-type":
+                content_type = value.decode("latin-1")
+        if (
+            scope["method"] == "POST"
+            and scope["path"] in self.json_paths
+            and not (content_type and is_json(content_type))
+        ):
+            shown = repr(content_type) if content_type else "none"
+            response = error_json(
+                HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                f"send the body as JSON with Content-Type: application/json (got {shown})",
+            )
+            await response(scope, receive, send)
+            return
         if declared is not None:
             if not declared.isdigit():
                 await self._refuse(scope, receive, send, HTTPStatus.BAD_REQUEST)
                 return
-            if int(declared) > self.max_bytes:
+            length = int(declared)
+            if length > self.max_bytes:
                 await self._refuse(
                     scope, receive, send, HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                    close=int(declared) > DRAIN_BYTES,
+                    close=length > DRAIN_BYTES,
                 )  # fmt: skip
                 return
+            # The server frames the body by its Content-Length: it cannot be any longer, so
+            # there is nothing to count (the common case, and the fast one).
+            await self.app(scope, receive, send)
+            return
 
         received = 0
         too_large = False
@@ -137,46 +169,6 @@ class InFlightLimit:
             await self.app(scope, receive, send)
         finally:
             load.in_flight -= 1
-
-
-class Deadline:
-    """Answer 504 when a request under `paths` has no response after `seconds`.
-
-    The request is cancelled at the deadline (`asyncio.timeout`), which ends an `await` on model
-    work at once; work that runs in a thread pool finishes first, and the 504 follows it. A
-    response that has started is never cut: streaming it is not model work. It costs one timer
-    a request: ~9 us measured, against ~26 us for running each request in a task of its own.
-    """
-
-    def __init__(self, app: ASGIApp, seconds: float, paths: Collection[str]) -> None:
-        self.app = app
-        self.seconds = seconds
-        self.paths = frozenset(paths)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] not in self.paths:
-            await self.app(scope, receive, send)
-            return
-        deadline = asyncio.timeout(self.seconds)
-
-        async def send_and_disarm(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                deadline.reschedule(None)
-            await send(message)
-
-        try:
-            async with deadline:
-                await self.app(scope, receive, send_and_disarm)
-        except TimeoutError:
-            if not deadline.expired():
-                raise  # the app's own time-out, not ours: a bug, reported as one
-            response = error_json(
-                HTTPStatus.GATEWAY_TIMEOUT,
-                "timeout",
-                f"no answer within {self.seconds:g} s (NEXTWORD_PREDICT_TIMEOUT_S); "
-                "retry later, or with a shorter text",
-            )
-            await response(scope, receive, send)
 
 
 class OneLineStartupError:

@@ -6,10 +6,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+import asyncio
 
-from app.api.deps import ModelsDep, PredictorDep, SettingsDep, require_json
-from app.api.errors import TextTooLong, documented
+from fastapi import APIRouter, Request
+
+from app.api.deps import ModelsDep, PredictorDep, SettingsDep, models_of
+from app.api.errors import PredictionTimedOut, TextTooLong, documented
 from app.api.schemas import (
     ModelRef,
     ModelsResponse,
@@ -18,6 +20,7 @@ from app.api.schemas import (
     ReadyResponse,
     Status,
 )
+from app.settings import Settings
 
 router = APIRouter()
 probes = APIRouter(tags=["operations"])
@@ -25,25 +28,39 @@ probes = APIRouter(tags=["operations"])
 
 # `async def`: the predictor keeps the event loop free itself (a request alone costs a step or
 # two; concurrent ones are batched onto its worker thread), with no thread-pool hop per request.
+# No dependencies either: solving them cost more than all of the rest of FastAPI's work on a
+# request (profiled), so the settings and the predictor are plain look-ups here, and the
+# content type is checked by the BodyLimits middleware.
 @router.post(
     "/predict",
     summary="Predict the next word",
     tags=["prediction"],
-    dependencies=[Depends(require_json)],
     responses=documented(400, 413, 415, 422, 503, 504),
 )
-async def predict(
-    body: PredictRequest, predictor: PredictorDep, settings: SettingsDep
-) -> PredictResponse:
+async def predict(body: PredictRequest, request: Request) -> PredictResponse:
     """The most likely next words after `text`, with the model's probabilities.
 
     The text is read as the model was trained: lower-cased and split as its tokenizer says,
     starting a fresh sentence; words outside the vocabulary become the unknown token.
     """
+    settings: Settings = request.app.state.settings
     if len(body.text) > settings.max_text_chars:
         raise TextTooLong(len(body.text), settings.max_text_chars)
-    prediction = await predictor.predict_async(body.text, body.top_k, body.include_special)
-    return PredictResponse.of(prediction, predictor.info)
+    # The lease keeps this predictor for the whole request, even if a new version is swapped in.
+    async with models_of(request).lease() as predictor:
+        # Cancelled at the deadline: an await on a batch ends at once; work already on a
+        # worker thread finishes first, and the 504 follows it.
+        deadline = asyncio.timeout(settings.predict_timeout_s)
+        try:
+            async with deadline:
+                prediction = await predictor.predict_async(
+                    body.text, body.top_k, body.include_special
+                )
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # not ours: a bug, reported as one
+            raise PredictionTimedOut(settings.predict_timeout_s) from None
+        return PredictResponse.of(prediction, predictor.info)
 
 
 @probes.get("/health", summary="The process is alive")

@@ -27,8 +27,8 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -101,6 +101,28 @@ class Served:
         self.idle.set()
 
 
+class Lease:
+    """Counts a request in flight on a loaded version while it lasts. A plain class, not an
+    `asynccontextmanager`: it is entered on every prediction, and a generator costs more."""
+
+    __slots__ = ("served",)
+
+    def __init__(self, served: Served) -> None:
+        self.served = served
+
+    async def __aenter__(self) -> Predictor:
+        served = self.served
+        served.in_flight += 1
+        served.idle.clear()
+        return served.predictor
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        served = self.served
+        served.in_flight -= 1
+        if served.in_flight == 0:
+            served.idle.set()
+
+
 @dataclass(frozen=True)
 class Refusal:
     version: int | None  # None: 'latest' found no version (e.g. the store is empty)
@@ -142,20 +164,13 @@ class ModelManager:
         """Refused versions, most recent first."""
         return list(reversed(self._refused.values()))
 
-    @asynccontextmanager
-    async def lease(self) -> AsyncIterator[Predictor]:
-        """The current predictor for one request; it is not closed until the request ends."""
+    def lease(self) -> Lease:
+        """The current predictor for one request (`async with manager.lease() as predictor`);
+        it is not closed until the request ends."""
         served = self._served
         if served is None:
             raise ModelStoreError("no model is loaded")
-        served.in_flight += 1
-        served.idle.clear()
-        try:
-            yield served.predictor
-        finally:
-            served.in_flight -= 1
-            if served.in_flight == 0:
-                served.idle.set()
+        return Lease(served)
 
     # --- life cycle --------------------------------------------------------------------------
 
