@@ -117,6 +117,7 @@ class Tally:
         self.statuses: Counter[int] = Counter()
         self.unexpected: Counter[str] = Counter()
         self.connection_errors: Counter[str] = Counter()
+        self.error_details: list[str] = []  # what was sent, when, and what failed
         self.latencies: list[float] = []  # seconds, valid predictions only
         self.versions: Counter[int] = Counter()  # which model answered
 
@@ -138,6 +139,10 @@ async def client_loop(
             response = await client.request(method, path, **arguments)
         except httpx.TransportError as error:
             tally.connection_errors[type(error).__name__] += 1
+            tally.error_details.append(
+                f"{time.strftime('%H:%M:%S')} {type(error).__name__} on {method} {path} "
+                f"(expecting {expect}) after {time.perf_counter() - started:.3f} s: {error!r}"
+            )
             continue
         tally.statuses[response.status_code] += 1
         if response.status_code != expect:
@@ -298,6 +303,7 @@ def summarise(
         "server_errors": sum(n for status, n in tally.statuses.items() if status >= 500),
         "unexpected": dict(tally.unexpected),
         "connection_errors": dict(tally.connection_errors),
+        "connection_error_details": tally.error_details[:20],
         "predictions_by_version": dict(sorted(tally.versions.items())),
         "predict_p50_ms": percentile(0.50),
         "predict_p99_ms": percentile(0.99),
@@ -316,6 +322,12 @@ def summarise(
         # An old model closed at its grace limit, not when its last request ended: a stuck one.
         "closed_with_requests_in_flight": log.count("requests still in flight"),
         "tracebacks": log.count("Traceback"),
+        # Anything else the server warned about (e.g. a request its HTTP parser refused).
+        "server_warnings": [
+            line
+            for line in log.splitlines()
+            if ("WARNING" in line or "ERROR" in line) and "refused model" not in line
+        ][:10],
         "exit_status": exit_status,
     }
 

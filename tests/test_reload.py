@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from conftest import TinyModel
 from fastapi.testclient import TestClient
-from test_api import MODEL_FAULTS, ModelFault
+from test_model_faults import MODEL_FAULTS, ModelFault
 
 from app import store
 from app.api.app import create_app
