@@ -72,6 +72,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level,
         log_config=_log_config(settings.log_level),
         server_header=False,
+        timeout_keep_alive=settings.keep_alive_s,
         # On SIGTERM: stop accepting, let requests in flight finish (up to this), then stop.
         timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout_s)),
     )

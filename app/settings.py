@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     # A prediction takes milliseconds; one still unanswered after seconds is of no use to a
     # typing user, and holding it only adds to the queue.
     predict_timeout_s: float = Field(default=5.0, gt=0, le=600)
+    # How long an idle client connection is kept open. Longer than the idle time-outs of client
+    # pools and load balancers (httpx 5 s, AWS ALB 60 s; nginx uses 75 s too): a server that
+    # closes first races the client reusing the connection, which then sees a reset.
+    keep_alive_s: int = Field(default=75, ge=1, le=3_600)
     # Inside the 10 s Docker waits before SIGKILL, and above the request time-out, so every
     # accepted request can finish.
     shutdown_timeout_s: float = Field(default=8.0, gt=0, le=3_600)

@@ -123,10 +123,21 @@ class Tally:
 
 
 async def client_loop(
+    base: str, mix: list[Any], words: list[str], until: float, tally: Tally, rng: random.Random
+) -> None:
+    # A client of its own with one connection, like one keyboard app's session: an error can be
+    # told apart by what came before on its connection.
+    limits = httpx.Limits(max_connections=1)
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
+        await _requests(client, mix, words, until, tally, rng)
+
+
+async def _requests(
     client: httpx.AsyncClient, mix: list[Any], words: list[str], until: float, tally: Tally,
     rng: random.Random,
 ) -> None:  # fmt: skip
     weights = [item[0] for item in mix]
+    before: list[str] = []  # the last requests on this connection, and how they ended
     while time.monotonic() < until:
         _, method, path, spec = rng.choices(mix, weights)[0]
         arguments = {k: v for k, v in spec.items() if k not in ("valid", "expect")}
@@ -139,11 +150,20 @@ async def client_loop(
             response = await client.request(method, path, **arguments)
         except httpx.TransportError as error:
             tally.connection_errors[type(error).__name__] += 1
+            causes, cause = [], error.__cause__ or error.__context__
+            while cause is not None and len(causes) < 4:
+                causes.append(repr(cause))
+                cause = cause.__cause__ or cause.__context__
             tally.error_details.append(
                 f"{time.strftime('%H:%M:%S')} {type(error).__name__} on {method} {path} "
-                f"(expecting {expect}) after {time.perf_counter() - started:.3f} s: {error!r}"
+                f"(expecting {expect}) after {time.perf_counter() - started:.3f} s: {error!r}; "
+                f"caused by {' <- '.join(causes) or 'nothing'}; before on this connection: "
+                f"{' | '.join(before[-3:]) or 'nothing'}"
             )
+            before.clear()  # a new connection next
             continue
+        before.append(f"{method} {path} -> {response.status_code} at {time.strftime('%H:%M:%S')}")
+        del before[:-3]
         tally.statuses[response.status_code] += 1
         if response.status_code != expect:
             tally.unexpected[f"{method} {path} -> {response.status_code} (not {expect})"] += 1
@@ -250,10 +270,9 @@ async def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     vocabulary = json.loads((source / store.TOKENIZER).read_text())["vocabulary"]
     words = [*vocabulary[2:2000], "dragon", "кот", "😀"]  # unknown words too
     server, base = start_server(work, args)
-    limits = httpx.Limits(max_connections=args.concurrency)
     tally = Tally()
     try:
-        async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:  # probes, publishing
 
             async def ready() -> bool:
                 if server.poll() is not None:
@@ -268,7 +287,7 @@ async def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             seeds = random.Random(0)
             mix = request_mix()
             loops = [
-                client_loop(client, mix, words, run.until, tally, random.Random(seeds.random()))
+                client_loop(base, mix, words, run.until, tally, random.Random(seeds.random()))
                 for _ in range(args.concurrency)
             ]
             await asyncio.gather(run.sample_memory(server.pid), run.publish(), *loops)

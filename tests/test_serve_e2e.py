@@ -10,11 +10,13 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from conftest import REPO, TinyModel, free_port, serving
 
+from app import serve_cli
 from app.cli import main
 
 pytestmark = pytest.mark.slow
@@ -159,3 +161,26 @@ def test_serving_does_not_import_tensorflow(tiny_model: TinyModel) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "HEAVY []" in result.stdout
+
+
+def test_serve_hands_its_connection_settings_to_uvicorn(
+    tiny_model: TinyModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    configs: list[Any] = []
+
+    class Recorder:
+        def __init__(self, config: Any) -> None:
+            configs.append(config)
+            self.started = True
+
+        def run(self) -> None:
+            pass
+
+    monkeypatch.setattr(serve_cli, "_server_class", lambda: Recorder)
+    monkeypatch.setenv("NEXTWORD_KEEP_ALIVE_S", "42")
+    monkeypatch.setenv("NEXTWORD_SHUTDOWN_TIMEOUT_S", "3")
+    arguments = ["serve", "--store", str(tiny_model.store), "--name", tiny_model.name]
+    assert main(arguments) == 0
+    assert configs[0].timeout_keep_alive == 42  # above the clients' idle time-out (README)
+    assert configs[0].timeout_graceful_shutdown == 3
+    assert configs[0].server_header is False
