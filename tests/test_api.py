@@ -257,6 +257,38 @@ def test_body_limit_counts_a_stream_and_stops_reading() -> None:
     assert len(chunks) == 3  # and the rest was never read
 
 
+@pytest.mark.parametrize(
+    ("headers", "status", "closes"),
+    [
+        ([(b"content-type", b"application/json"), (b"content-length", b"70000")], 413, False),
+        ([(b"content-type", b"application/json"), (b"content-length", b"2000000")], 413, True),
+        ([(b"content-type", b"text/plain"), (b"content-length", b"100")], 415, False),
+        ([(b"content-type", b"text/plain"), (b"content-length", b"2000000")], 415, True),
+        ([(b"content-type", b"text/plain")], 415, True),  # chunked: length unknown
+    ],
+)
+def test_a_refused_body_keeps_the_connection_only_when_it_is_small_enough_to_drain(
+    headers: list[tuple[bytes, bytes]], status: int, closes: bool
+) -> None:
+    # Up to DRAIN_BYTES the server reads the rest of the body and keeps the connection (see
+    # tests/test_serve_e2e.py for a real socket); past it, or unknown, it closes.
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("the app is not reached")
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": True}
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/predict", "headers": headers}
+    asyncio.run(BodyLimits(app, max_bytes=65_536, json_paths=["/predict"])(scope, receive, send))
+    assert sent[0]["status"] == status
+    assert ((b"connection", b"close") in sent[0]["headers"]) is closes
+
+
 # --- docs ---------------------------------------------------------------------------------------
 
 

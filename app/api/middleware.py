@@ -69,6 +69,8 @@ class BodyLimits:
                 "unsupported_media_type",
                 f"send the body as JSON with Content-Type: application/json (got {shown})",
             )
+            if not (declared and declared.isdigit() and int(declared) <= DRAIN_BYTES):
+                response.headers["connection"] = "close"  # as for a 413: see DRAIN_BYTES
             await response(scope, receive, send)
             return
         if declared is not None:
