@@ -58,31 +58,30 @@ class BodyLimits:
                 declared = value
             elif name == b"content-type":
                 content_type = value.decode("latin-1")
+        length = int(declared) if declared is not None and declared.isdigit() else None
+        # Whether a refusal can leave the rest of the body to the server to discard (DRAIN_BYTES).
+        drainable = length is not None and length <= DRAIN_BYTES
         if (
             scope["method"] == "POST"
             and scope["path"] in self.json_paths
             and not (content_type and is_json(content_type))
         ):
             shown = repr(content_type) if content_type else "none"
-            response = error_json(
-                HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+            await _refuse(
+                scope, receive, send, HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type",
                 f"send the body as JSON with Content-Type: application/json (got {shown})",
-            )
-            if not (declared and declared.isdigit() and int(declared) <= DRAIN_BYTES):
-                response.headers["connection"] = "close"  # as for a 413: see DRAIN_BYTES
-            await response(scope, receive, send)
+                keep_connection=drainable,
+            )  # fmt: skip
             return
         if declared is not None:
-            if not declared.isdigit():
-                await self._refuse(scope, receive, send, HTTPStatus.BAD_REQUEST)
-                return
-            length = int(declared)
-            if length > self.max_bytes:
-                await self._refuse(
-                    scope, receive, send, HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                    close=length > DRAIN_BYTES,
+            if length is None:
+                await _refuse(
+                    scope, receive, send, HTTPStatus.BAD_REQUEST, "bad_request",
+                    "the Content-Length header is not a number",
                 )  # fmt: skip
+                return
+            if length > self.max_bytes:
+                await self._too_large(scope, receive, send, keep_connection=drainable)
                 return
             # The server frames the body by its Content-Length: it cannot be any longer, so
             # there is nothing to count (the common case, and the fast one).
@@ -115,19 +114,29 @@ class BodyLimits:
         with suppress(_BodyTooLarge):
             await self.app(scope, counting_receive, guarded_send)
         if too_large and not response_started:
-            await self._refuse(scope, receive, send, HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+            await self._too_large(scope, receive, send, keep_connection=False)
 
-    async def _refuse(
-        self, scope: Scope, receive: Receive, send: Send, status: HTTPStatus, close: bool = True
+    async def _too_large(
+        self, scope: Scope, receive: Receive, send: Send, keep_connection: bool
     ) -> None:
-        if status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
-            code, message = "payload_too_large", f"the body is over {self.max_bytes} bytes"
-        else:
-            code, message = "bad_request", "the Content-Length header is not a number"
-        response = error_json(status, code, message)
-        if close:  # the rest of the body is not going to be read (see DRAIN_BYTES)
-            response.headers["connection"] = "close"
-        await response(scope, receive, send)
+        message = f"the body is over {self.max_bytes} bytes"
+        await _refuse(
+            scope, receive, send, HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "payload_too_large",
+            message, keep_connection=keep_connection,
+        )  # fmt: skip
+
+
+async def _refuse(
+    scope: Scope, receive: Receive, send: Send, status: HTTPStatus, code: str, message: str,
+    keep_connection: bool = False,
+) -> None:  # fmt: skip
+    """Answer with the error body, before the app has read the request's body. Unless
+    `keep_connection`, the server is told to close the connection: the rest of the body is not
+    going to be read (see DRAIN_BYTES)."""
+    response = error_json(status, code, message)
+    if not keep_connection:
+        response.headers["connection"] = "close"
+    await response(scope, receive, send)
 
 
 @dataclass
