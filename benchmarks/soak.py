@@ -29,7 +29,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_load import free_port  # noqa: E402
 from soak_clients import Tally, client_loop, request_mix  # noqa: E402
 
 from app import store  # noqa: E402  (after the path set-up, so it runs from a checkout)
@@ -93,12 +93,6 @@ def publish_copy(source: Path, model_dir: Path, *, broken: bool, seed: int) -> i
 
 
 # --- the server ---------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def resident_mib(pid: int) -> float:
