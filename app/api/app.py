@@ -36,7 +36,7 @@ from app.api.middleware import (
     Load,
     OneLineStartupError,
 )
-from app.api.routes import probes, router
+from app.api.routes import add_model_routes, probes
 from app.api.security import require_admin_key, require_api_key
 from app.serving.manager import ModelManager
 from app.settings import Settings, load_settings
@@ -89,11 +89,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.models = None
     app.include_router(probes)
     if settings.api_key is None:
-        app.include_router(router)
+        add_model_routes(app)
     else:
-        app.include_router(
-            router, dependencies=[Depends(require_api_key)], responses=documented(401)
-        )
+        add_model_routes(app, [Depends(require_api_key)], documented(401))
     if settings.admin_key is not None:  # otherwise /admin/* is not there at all: 404
         app.include_router(
             admin.router, dependencies=[Depends(require_admin_key)], responses=documented(401)
@@ -126,7 +124,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def match_first(app: FastAPI, path: str) -> None:
     """Move the routes of `path` to the front: Starlette tries routes in order, and the docs'
-    routes, which come first, would otherwise be tried on every prediction."""
+    routes, which come first, would otherwise be tried on every prediction. They must be the
+    app's own routes (not in an included router, which FastAPI keeps as one entry)."""
+    if not any(getattr(route, "path", None) == path for route in app.router.routes):
+        raise ValueError(f"the app has no route of its own at {path}")
     app.router.routes.sort(key=lambda route: getattr(route, "path", None) != path)  # stable
 
 

@@ -11,10 +11,11 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
+from starlette.datastructures import State
 
 from app.api.errors import ModelNotReady
 from app.inference.predictor import Predictor
-from app.serving.manager import Lease, ModelManager
+from app.serving.manager import ModelManager
 from app.settings import Settings
 
 _NOT_READY = "the model is not loaded yet (or any more); try again shortly"
@@ -29,7 +30,12 @@ async def get_models(request: Request) -> ModelManager:
 
 def models_of(request: Request) -> ModelManager:
     """The model manager, once a model is being served (else a 503)."""
-    manager: ModelManager | None = request.app.state.models
+    return models_in(request.app.state)
+
+
+def models_in(state: State) -> ModelManager:
+    """`models_of` from the app's state, for a route that holds it (see routes.model_routes)."""
+    manager: ModelManager | None = state.models
     if manager is None or manager.current is None:
         raise ModelNotReady(_NOT_READY)
     return manager
@@ -40,20 +46,11 @@ async def get_predictor(request: Request) -> AsyncIterator[Predictor]:
         yield predictor
 
 
-async def get_lease(request: Request) -> Lease:
-    """The predictor of the moment, for `async with lease as predictor:` around the model work.
-
-    A lease rather than a generator dependency (`get_predictor`): FastAPI runs those through an
-    exit stack, which costs more than the rest of its work on a prediction (profiled)."""
-    return models_of(request).lease()
-
-
 async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]
-LeaseDep = Annotated[Lease, Depends(get_lease)]
 ModelsDep = Annotated[ModelManager, Depends(get_models)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
