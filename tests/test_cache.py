@@ -91,7 +91,10 @@ def test_async_predictions_in_batches_are_those_of_predict() -> None:
         return list(answers)
 
     assert asyncio.run(all_at_once()) == [reference.predict(t, 3) for t in texts]
-    assert predictor.stats()["batching"]["mean_batch_size"] > 1
+    batching = predictor.stats()["batching"]
+    assert batching["mean_batch_size"] > 1
+    # Computed in the model process (its own caches), and still the very bits of `predict`.
+    assert batching["worker_batches"] >= 1 and batching["model_process_forks"] == 1
 
 
 def test_a_long_text_read_from_scratch_lets_other_requests_through() -> None:

@@ -1,77 +1,74 @@
-"""Micro-batching: the output layers of concurrent requests in one matrix product, off the loop.
+"""Micro-batching: concurrent requests computed together, off the event loop.
 
-Each request reads its text and runs its recurrent steps on the event loop (a step or two, with
-the state cache), then submits a job here and waits. A batch is computed in two parts:
-
-    offload(jobs)          the heavy part, one NumPy call that releases the GIL throughout
-                           (the output layer: ~0.2 ms and 10 MB of weights a row)
-    finish(jobs, offload)  the light rest, on the loop (softmax, top-k: ~20 µs a row)
-
-and where the heavy part runs depends on what else is going on:
+A job is one request's whole model work (read the text, step the recurrent layer, score the
+vocabulary). Where it runs depends on what else is going on:
 
     alone (nothing else submitted, no batch running, no company for BUSY_WINDOW_S)
-        on the event loop, at the end of this loop turn: no thread hop and no waiting, so a
-        lone request costs what the model costs.
+        on the event loop, at the end of this loop turn (`alone`): no hop to another process
+        and no waiting, so a lone request costs what the model costs.
     with others (several submitted in the same turn, a batch running, or recently so)
-        queued; when the worker thread is free, up to `max_size` queued jobs go to it as one
-        batch, while the loop goes on parsing and answering other requests.
-
-Why one call on the worker: Python code holds the GIL, and the event loop runs Python all the
-time under load. Each time a worker thread comes back from NumPy it waits for the GIL, up to
-the interpreter's switch interval (5 ms). Measured with a busy Python thread beside it, a
-16-row batch took 30 ms as six NumPy calls and 8 ms as one (3 ms with no other thread).
+        queued; when the worker is free, up to `max_size` queued jobs go to it as one batch
+        (`offload`: the model process, on the other core), while the loop goes on parsing and
+        answering other requests. Without a worker, or when it has gone, a batch is computed
+        on the loop (`compute`).
 
 Why "recently": under load, requests reach the batcher one loop turn apart as often as not, and
 each would find it idle and be computed on the loop, which then does all the work while the
 worker's core idles. Once requests have been seen together, they go to the worker for the
 next BUSY_WINDOW_S, and the queue that builds up while a batch runs keeps batches coming.
 
-The event loop itself never runs more than one job's heavy part at a time. A queued job waits
-for the batch running and its own (or more when over `max_size` are queued). With
-`max_wait_s` > 0, a batch that has company but is not full waits that long for more before it
-starts (fewer, fuller batches for more latency); a lone request never waits.
+A queued job waits for the batch running and its own (or more when over `max_size` are queued).
+With `max_wait_s` > 0, a batch that has company but is not full waits that long for more before
+it starts (fewer, fuller batches for more latency); a lone request never waits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 J = TypeVar("J")
-X = TypeVar("X")
 R = TypeVar("R")
+
+logger = logging.getLogger("nextword")
 
 # After requests were last seen together, how long lone ones still go to the worker.
 BUSY_WINDOW_S = 0.5
 
 
-class MicroBatcher(Generic[J, X, R]):
-    """Computes `finish(jobs, offload(jobs))` (one result per job, in order) over batches.
+class WorkerGone(Exception):
+    """Raised by an `offload` whose worker ended: the batch is computed on the loop instead."""
 
-    Lives on one event loop; `offload` must be thread-safe (it runs on the loop or on the
-    batcher's one worker thread, never on both at once); `finish` always runs on the loop.
+
+class MicroBatcher(Generic[J, R]):
+    """Computes one result per job, over batches; lives on one event loop.
+
+    `compute(jobs)` is the blocking computation; `alone(job)` a lone job's, on the loop (it may
+    yield the loop on long work); `offload(jobs)` the same results from the worker, if any.
     """
 
     def __init__(
         self,
-        offload: Callable[[Sequence[J]], X],
-        finish: Callable[[Sequence[J], X], list[R]],
+        compute: Callable[[Sequence[J]], list[R]],
         max_size: int,
         max_wait_s: float = 0.0,
+        *,
+        alone: Callable[[J], Awaitable[R]] | None = None,
+        offload: Callable[[Sequence[J]], Awaitable[list[R]]] | None = None,
     ) -> None:
         if max_size < 1 or max_wait_s < 0:
             raise ValueError("max_size must be 1 or more and max_wait_s 0 or more")
+        self._compute = compute
+        self._alone = alone
         self._offload = offload
-        self._finish = finish
         self.max_size = max_size
         self.max_wait_s = max_wait_s
         self._queue: list[tuple[J, asyncio.Future[R]]] = []
         self._flush: asyncio.Handle | None = None  # a flush is scheduled
-        self._running: asyncio.Task[None] | None = None  # a batch is on the worker
-        self._executor: ThreadPoolExecutor | None = None  # made when first needed
+        self._running: asyncio.Task[None] | None = None  # a batch (or a lone job) is running
         self._closed = False
         self._waited = False  # the batch being formed has waited max_wait_s already
         self._busy_until = 0.0  # loop time until which a lone request goes to the worker too
@@ -79,10 +76,11 @@ class MicroBatcher(Generic[J, X, R]):
         self.rows = 0  # jobs in them
         self.worker_batches = 0
         self.worker_seconds = 0.0  # from handing a batch to the worker to having its results
+        self.worker_losses = 0  # batches the worker did not answer (computed on the loop)
 
     def run(self, jobs: Sequence[J]) -> list[R]:
         """Compute a batch here and now (the blocking path; also after `aclose`)."""
-        return self._finish(jobs, self._offload(jobs))
+        return self._compute(jobs)
 
     async def submit(self, job: J) -> R:
         """The result for one job, computed alone or in a batch."""
@@ -110,50 +108,75 @@ class MicroBatcher(Generic[J, X, R]):
         batch, self._queue = self._queue[: self.max_size], self._queue[self.max_size :]
         if len(batch) > 1:
             self._busy_until = loop.time() + BUSY_WINDOW_S
-        if len(batch) == 1 and loop.time() >= self._busy_until:
-            self._settle(batch, lambda jobs: self._offload(jobs))  # alone: on the loop, now
-        else:
+        if self._offload is not None and (len(batch) > 1 or loop.time() < self._busy_until):
             self._running = loop.create_task(self._run_on_worker(batch))
+        elif self._alone is not None and len(batch) == 1:
+            self._running = loop.create_task(self._run_alone(batch[0]))
+        else:
+            self._settle(batch, self._compute)  # on the loop, now
+            if self._queue:  # the rest next turn: the loop serves others between batches
+                self._flush = loop.call_soon(self._start_batch)
+
+    async def _run_alone(self, item: tuple[J, asyncio.Future[R]]) -> None:
+        assert self._alone is not None
+        job, future = item
+        try:
+            result = await self._alone(job)
+        except Exception as error:
+            self._fail([item], error)
+        else:
+            self._count([item])
+            if not future.done():
+                future.set_result(result)
+        finally:
+            self._next()
 
     async def _run_on_worker(self, batch: list[tuple[J, asyncio.Future[R]]]) -> None:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="nextword-batch")
+        assert self._offload is not None
         jobs = [job for job, _ in batch]
-        loop = asyncio.get_running_loop()
         started = time.perf_counter()
         try:
-            heavy = await loop.run_in_executor(self._executor, self._offload, jobs)
+            results = await self._offload(jobs)
         except asyncio.CancelledError:
             for _, future in batch:
                 future.cancel()
             raise
+        except WorkerGone as error:
+            self.worker_losses += 1
+            logger.warning("%s; its batch of %d is computed on the event loop", error, len(jobs))
+            self._settle(batch, self._compute)
         except Exception as error:
             self._fail(batch, error)
         else:
             self.worker_batches += 1
             self.worker_seconds += time.perf_counter() - started
-            self._settle(batch, lambda _: heavy)
+            self._settle(batch, lambda _: results)
         finally:
-            self._running = None
-            if self._queue and self._flush is None:
-                self._waited = True  # they have waited for this batch: no more
-                self._start_batch()
+            self._next()
+
+    def _next(self) -> None:
+        self._running = None
+        if self._queue and self._flush is None:
+            self._waited = True  # they have waited for this batch: no more
+            self._start_batch()
 
     def _settle(
-        self, batch: list[tuple[J, asyncio.Future[R]]], heavy: Callable[[Sequence[J]], X]
+        self, batch: list[tuple[J, asyncio.Future[R]]], compute: Callable[[Sequence[J]], list[R]]
     ) -> None:
-        """Finish a batch on the loop and hand each request its result (or the error)."""
-        jobs = [job for job, _ in batch]
+        """Hand each request of a batch its result (or the error)."""
         try:
-            results = self._finish(jobs, heavy(jobs))
+            results = compute([job for job, _ in batch])
         except Exception as error:
             self._fail(batch, error)
             return
-        self.batches += 1
-        self.rows += len(jobs)
+        self._count(batch)
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)
+
+    def _count(self, batch: Sequence[object]) -> None:
+        self.batches += 1
+        self.rows += len(batch)
 
     @staticmethod
     def _fail(batch: list[tuple[J, asyncio.Future[R]]], error: Exception) -> None:
@@ -162,7 +185,7 @@ class MicroBatcher(Generic[J, X, R]):
                 future.set_exception(error)
 
     async def aclose(self) -> None:
-        """Finish the batch running and answer those queued; stop the worker. Idempotent."""
+        """Finish the batch running and answer those queued, on the loop. Idempotent."""
         self._closed = True
         if self._flush is not None:
             self._flush.cancel()
@@ -172,16 +195,14 @@ class MicroBatcher(Generic[J, X, R]):
         queued = [(job, future) for job, future in self._queue if not future.done()]
         self._queue = []
         if queued:
-            self._settle(queued, lambda jobs: self._offload(jobs))
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+            self._settle(queued, self._compute)
 
     def stats(self) -> dict[str, float]:
         worker, seconds = self.worker_batches, self.worker_seconds
         return {
             "batches": self.batches,
             "worker_batches": worker,
+            "worker_losses": self.worker_losses,
             "mean_batch_size": round(self.rows / self.batches, 2) if self.batches else 0.0,
             "mean_worker_batch_ms": round(1000 * seconds / worker, 3) if worker else 0.0,
         }

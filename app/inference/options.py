@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -19,6 +19,10 @@ class InferenceOptions:
     # How long a batch with company waits for more requests before it starts; a request alone
     # never waits. 0 measured best (see benchmarks/README.md).
     batch_max_wait_ms: float = 0.0
+    # Concurrent requests computed as one batch in a forked model process, on another core,
+    # while the event loop goes on with HTTP (a request alone is computed on the loop). Off:
+    # batches are computed on the loop.
+    model_process: bool = True
     # BLAS threads for the whole process, set when a model is loaded (None: left as they are).
     # Concurrency comes from the requests; a second BLAS thread on a small product only
     # contends with the event loop and the batch worker for the cores (4-8x slower on 2 cores).
@@ -40,6 +44,10 @@ class InferenceOptions:
             batch_max_size=settings.batch_max_size,
             batch_max_wait_ms=settings.batch_max_wait_ms,
         )
+
+    def in_model_process(self) -> InferenceOptions:
+        """These options for the Predictor inside the model process (which forks no other)."""
+        return replace(self, model_process=False)
 
     def apply_blas_threads(self) -> None:
         if self.blas_threads is not None:

@@ -5,8 +5,12 @@ A request goes through three stages, each with what makes it cheap when it comes
     text ── tokenise ──> ids        TextCache (reading.py): when the text before the last
                                     space was seen, only the words after it are tokenised
     ids ── recurrent steps ──> state    StateCache: from the longest prefix whose state is kept
-    state ── output layer ──> words     MicroBatcher: concurrent requests' steps and output
-                                        layers in one batch, on a worker thread (async only)
+    state ── output layer ──> words     one product for a batch of states
+
+and `predict_async` hands concurrent requests' whole model work to a MicroBatcher, which
+computes them as one batch in the model process (model_process.py), on the other core, while
+the event loop goes on with HTTP; a request alone is computed on the loop, with no hop.
+The model process has caches of its own (the same size): each process reads from its own.
 
 `predict` (blocking) and `predict_async` (on the event loop) give the same answer, bit for bit,
 with the caches on or off, alone or in a batch, as the engine gave before any of this.
@@ -15,7 +19,7 @@ with the caches on or off, alone or in a batch, as the engine gave before any of
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +30,7 @@ from app import store
 from app.inference import engine
 from app.inference.batcher import MicroBatcher
 from app.inference.cache import CHAIN_START, CachedState, StateCache, chain_of
+from app.inference.model_process import ModelProcess
 from app.inference.options import InferenceOptions
 from app.inference.reading import Reading, TextReader
 from app.store import ModelStoreError
@@ -62,12 +67,12 @@ class Prefix:
     unknown_words: list[str]  # the user's words (after standardisation) the model does not know
 
 
-# What a request hands the batcher: its state (hidden,), top_k, and the lowest id that may be
-# offered (FIRST_WORD_ID: no special tokens); and what it gets back: the ids most likely
-# first, and their probabilities.
-_Job = tuple[np.ndarray, int, int]
-_Best = tuple[np.ndarray, np.ndarray]
-_Products = tuple[np.ndarray, np.ndarray]  # engine.output_products
+# What a request hands the batcher: its text, top_k, and the lowest id that may be offered
+# (FIRST_WORD_ID: no special tokens); and what it gets back, in plain values (the model process
+# pickles them): the text's ids, tokens and unknown words, then the ids most likely first and
+# their probabilities.
+_Job = tuple[str, int, int]
+_Answer = tuple[tuple[int, ...], tuple[str, ...], tuple[str, ...], list[int], list[float]]
 
 
 @dataclass(frozen=True)
@@ -109,11 +114,16 @@ class Predictor:
         size = options.cache_size
         self.reader = TextReader(tokenizer, cache_size=size)
         self._states = StateCache(size) if size else None
-        self._batcher: MicroBatcher[_Job, _Products, _Best] = MicroBatcher(
-            self._output_layer,
-            self._best,
+        self._process: ModelProcess[_Job, tuple[list[_Answer], dict[str, int]]] | None = (
+            ModelProcess(self._in_model_process) if options.model_process else None
+        )
+        self._process_cache: dict[str, int] = {}  # the model process's cache figures
+        self._batcher: MicroBatcher[_Job, _Answer] = MicroBatcher(
+            self._answers,
             options.batch_max_size,
             options.batch_max_wait_ms / 1000,
+            alone=self._answer_alone,
+            offload=self._offload if self._process else None,
         )
 
     @classmethod
@@ -227,14 +237,37 @@ class Predictor:
         """
         return engine.softmax(engine.logits(self.weights, state), in_place=True)
 
-    def _output_layer(self, jobs: Sequence[_Job]) -> _Products:
-        # The batcher's heavy part (the worker thread, or the loop for a lone request).
-        return engine.output_products(self.weights, np.stack([job[0] for job in jobs]))
+    def _answers(self, jobs: Sequence[_Job]) -> list[_Answer]:
+        """A batch's whole model work, blocking (on the loop, or in the model process)."""
+        readings = [self.reader.read(text) for text, _, _ in jobs]
+        states = np.stack([self.state_for(reading.ids) for reading in readings])
+        best = engine.next_words(
+            self.weights, states, [job[1] for job in jobs], [job[2] for job in jobs]
+        )
+        return [_answer(reading, *ids) for reading, ids in zip(readings, best, strict=True)]
 
-    def _best(self, jobs: Sequence[_Job], products: _Products) -> list[_Best]:
-        # The light rest, on the loop: the products -> scores (batch, vocab) -> each job's top k.
-        scores = engine.scores_from(self.weights, *products)
-        return engine.best_of(scores, [job[1] for job in jobs], [job[2] for job in jobs])
+    async def _answer_alone(self, job: _Job) -> _Answer:
+        """One job on the event loop, yielding it on a long text (`_state_async`)."""
+        text, top_k, first = job
+        reading = self.reader.read(text)
+        state = await self._state_async(reading.ids)
+        ((ids, probabilities),) = engine.next_words(self.weights, state[None], [top_k], [first])
+        return _answer(reading, ids, probabilities)
+
+    async def _offload(self, jobs: Sequence[_Job]) -> list[_Answer]:
+        assert self._process is not None
+        answers, self._process_cache = await self._process.run(jobs)
+        return answers
+
+    def _in_model_process(self) -> Callable[[Sequence[_Job]], tuple[list[_Answer], dict[str, int]]]:
+        # Run in the model process once forked: a Predictor of its own (its own caches, locks
+        # and counters) on the weights and tokenizer it inherited, shared copy-on-write.
+        own = Predictor(self.weights, self.tokenizer, self.info, self.options.in_model_process())
+
+        def compute(jobs: Sequence[_Job]) -> tuple[list[_Answer], dict[str, int]]:
+            return own._answers(jobs), own._cache_stats()
+
+        return compute
 
     def predict(self, text: str, top_k: int = 5, include_special: bool = False) -> Prediction:
         """The `top_k` most likely next words after `text`, most likely first.
@@ -242,46 +275,62 @@ class Predictor:
         The unknown and sentence-end tokens are left out unless `include_special`; the
         probabilities are the model's own over the whole vocabulary (they are not renormalised).
         """
-        reading = self._check_and_read(text, top_k)
-        job = (self.state_for(reading.ids), top_k, 0 if include_special else FIRST_WORD_ID)
-        return self._prediction(reading, self._batcher.run([job])[0])
+        return _prediction(
+            self.tokenizer, self._batcher.run([self._job(text, top_k, include_special)])[0]
+        )
 
     async def predict_async(
         self, text: str, top_k: int = 5, include_special: bool = False
     ) -> Prediction:
-        """`predict` for the event loop: the output layer is batched with concurrent requests
-        and computed on a worker thread when there are any. The same answer as `predict`."""
-        reading = self._check_and_read(text, top_k)
-        state = await self._state_async(reading.ids)
-        job = (state, top_k, 0 if include_special else FIRST_WORD_ID)
-        return self._prediction(reading, await self._batcher.submit(job))
+        """`predict` for the event loop: concurrent requests are computed together, in the
+        model process when there is one. The same answer as `predict`, bit for bit."""
+        job = self._job(text, top_k, include_special)
+        return _prediction(self.tokenizer, await self._batcher.submit(job))
 
-    def _check_and_read(self, text: str, top_k: int) -> Reading:
+    @staticmethod
+    def _job(text: str, top_k: int, include_special: bool) -> _Job:
         if top_k < 1:
             raise ValueError(f"top_k must be 1 or more, not {top_k}")
-        return self.reader.read(text)
-
-    def _prediction(self, reading: Reading, best: _Best) -> Prediction:
-        ids, probabilities = best
-        vocabulary = self.tokenizer.vocabulary
-        words = [
-            WordProbability(vocabulary[i], _plain_float(p))
-            for i, p in zip(ids.tolist(), probabilities, strict=True)
-        ]
-        prefix = Prefix(list(reading.ids), list(reading.tokens), list(reading.unknown_words))
-        return Prediction(words, prefix)
+        return (text, top_k, 0 if include_special else FIRST_WORD_ID)
 
     # --- life cycle -----------------------------------------------------------------------------
 
     async def aclose(self) -> None:
-        """Answer the requests waiting for a batch and stop the worker thread. Idempotent."""
+        """Answer the requests waiting for a batch and stop the model process. Idempotent."""
         await self._batcher.aclose()
+        if self._process is not None:
+            await self._process.aclose()
 
     def stats(self) -> dict[str, Any]:
-        """Cache hits and misses, batches run and their mean size (for /models)."""
-        off = {"hits": 0, "partial_hits": 0, "misses": 0, "size": 0, "capacity": 0}
-        states = self._states.stats() if self._states else off
-        return {"cache": states, "batching": self._batcher.stats()}
+        """Cache hits and misses (this process's and the model process's together), batches
+        run and their mean size."""
+        cache = self._cache_stats()
+        for key, value in self._process_cache.items():
+            cache[key] = cache.get(key, 0) + value
+        forks = self._process.forks if self._process else 0
+        return {"cache": cache, "batching": {**self._batcher.stats(), "model_process_forks": forks}}
+
+    def _cache_stats(self) -> dict[str, int]:
+        if self._states is None:
+            return {"hits": 0, "partial_hits": 0, "misses": 0, "size": 0, "capacity": 0}
+        return self._states.stats()
+
+
+def _answer(reading: Reading, ids: np.ndarray, probabilities: np.ndarray) -> _Answer:
+    return (
+        reading.ids,
+        reading.tokens,
+        reading.unknown_words,
+        ids.tolist(),
+        [_plain_float(p) for p in probabilities],
+    )
+
+
+def _prediction(tokenizer: Tokenizer, answer: _Answer) -> Prediction:
+    ids, tokens, unknown_words, best, probabilities = answer
+    vocabulary = tokenizer.vocabulary
+    words = [WordProbability(vocabulary[i], p) for i, p in zip(best, probabilities, strict=True)]
+    return Prediction(words, Prefix(list(ids), list(tokens), list(unknown_words)))
 
 
 def _mapping(value: Any) -> dict[str, Any]:
