@@ -166,6 +166,29 @@ def run(weights: RnnWeights, ids: Sequence[int], state: np.ndarray | None = None
     return state
 
 
+def run_many(
+    weights: RnnWeights, sequences: Sequence[Sequence[int]], states: np.ndarray
+) -> np.ndarray:
+    """Row r is `run(weights, sequences[r], states[r])`, bit for bit: (batch, hidden).
+
+    The rows step together, one stacked product a step for the rows still reading (longest
+    first, so those are always the leading rows): a batch of texts costs about as many NumPy
+    calls as its longest text, not as all of its words.
+    """
+    order = sorted(range(len(sequences)), key=lambda row: -len(sequences[row]))
+    lengths = [len(sequences[row]) for row in order]
+    current = states[order]  # a copy, in that order
+    for step in range(lengths[0] if lengths else 0):
+        reading = sum(1 for length in lengths if length > step)
+        ids = [sequences[row][step] for row in order[:reading]]
+        current[:reading] = rnn_step(
+            weights.input_table[ids], current[:reading], weights.recurrent_kernel, weights.bias
+        )
+    out = np.empty_like(current)
+    out[order] = current
+    return out
+
+
 def logits(weights: RnnWeights, states: np.ndarray) -> np.ndarray:
     """Output-layer scores for one state (hidden,) -> (vocab,) or a batch -> (batch, vocab)."""
     features = states if weights.projection is None else _rows_times(states, weights.projection)

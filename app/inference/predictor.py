@@ -201,6 +201,19 @@ class Predictor:
         rest = key[start.length :]
         return self._keep(key, engine.run(self.weights, rest, start.state), start)
 
+    def _states_for(self, keys: Sequence[tuple[int, ...]]) -> np.ndarray:
+        """`state_for` of each key, the recurrent steps of all of them taken together."""
+        starts = [self._start(key) for key in keys]
+        zeros = np.zeros(self.weights.hidden_units, dtype=engine.FLOAT)
+        states = engine.run_many(
+            self.weights,
+            [key[start.length :] for key, start in zip(keys, starts, strict=True)],
+            np.stack([zeros if start.state is None else start.state for start in starts]),
+        )
+        for key, state, start in zip(keys, states, starts, strict=True):
+            self._keep(key, state.copy(), start)  # a row of its own, not a view of the batch
+        return states
+
     async def _state_async(self, key: tuple[int, ...]) -> np.ndarray:
         """`state_for` on the event loop, yielding it every STEPS_PER_TURN steps."""
         start = self._start(key)
@@ -240,7 +253,7 @@ class Predictor:
     def _answers(self, jobs: Sequence[_Job]) -> list[_Answer]:
         """A batch's whole model work, blocking (on the loop, or in the model process)."""
         readings = [self.reader.read(text) for text, _, _ in jobs]
-        states = np.stack([self.state_for(reading.ids) for reading in readings])
+        states = self._states_for([reading.ids for reading in readings])
         best = engine.next_words(
             self.weights, states, [job[1] for job in jobs], [job[2] for job in jobs]
         )
