@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     cache_size: int = Field(default=4096, ge=0, le=1_000_000)
     batch_max_size: int = Field(default=32, ge=1, le=1024)
     batch_max_wait_ms: float = Field(default=0.0, ge=0, le=100)
+    # Batches computed in a forked model process on another core (off: on the event loop;
+    # for a server given one CPU, where a second process only adds the hand-over).
+    model_process: bool = True
     # --- model updates, overload, shutdown (app.serving, app.api.middleware) ---
     # A new version is loaded aside, checked with a probe prediction, then swapped in.
     reload_interval_s: float = Field(default=0, ge=0, le=86_400)

@@ -89,15 +89,50 @@ class Server:
     ready_s: float  # from process start to the first 200 on GET /ready
 
     def rss_mb(self) -> dict[str, float]:
-        """Resident memory now and at its peak (VmRSS, VmHWM), in MB (10^6 bytes)."""
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        found = dict(re.findall(r"(VmRSS|VmHWM):\s+(\d+) kB", status))
-        rss, peak = (int(found[key]) * 1024 / 1e6 for key in ("VmRSS", "VmHWM"))
-        return {"rss_mb": rss, "peak_mb": peak}
+        """The server's memory now: its process and its children (the model process)."""
+        return tree_memory_mb(self.process.pid)
 
     def has_loaded(self, library: str) -> bool:
         """Whether a shared library whose path contains `library` is mapped in the process."""
         return library in Path(f"/proc/{self.process.pid}/maps").read_text()
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (the service forks a model process under load)."""
+    found, frontier = [pid], [pid]
+    while frontier:
+        parent = frontier.pop()
+        try:
+            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+        except OSError:  # it has just exited
+            continue
+        found += [int(child) for child in children]
+        frontier += [int(child) for child in children]
+    return found
+
+
+def tree_memory_mb(pid: int) -> dict[str, float]:
+    """Memory of a process and its descendants, in MB (10^6 bytes).
+
+    rss_mb: their VmRSS added up, which counts pages they share (a forked child's copy-on-write
+    pages, the libraries) once per process; pss_mb: their proportional set sizes added up, each
+    shared page split between its sharers: what the server as a whole holds; peak_mb: their
+    VmHWM added up (an upper bound of the peak RSS).
+    """
+    totals = {"rss_mb": 0.0, "pss_mb": 0.0, "peak_mb": 0.0, "processes": 0.0}
+    for member in process_tree(pid):
+        try:
+            status = Path(f"/proc/{member}/status").read_text()
+            rollup = Path(f"/proc/{member}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        found = dict(re.findall(r"(VmRSS|VmHWM):\s+(\d+) kB", status))
+        pss = re.search(r"^Pss:\s+(\d+) kB", rollup, re.MULTILINE)
+        totals["rss_mb"] += int(found["VmRSS"]) * 1024 / 1e6
+        totals["peak_mb"] += int(found["VmHWM"]) * 1024 / 1e6
+        totals["pss_mb"] += int(pss.group(1)) * 1024 / 1e6 if pss else 0.0
+        totals["processes"] += 1
+    return totals
 
 
 def _get_status(port: int, path: str) -> int:

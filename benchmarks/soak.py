@@ -11,8 +11,9 @@ What it does, on loopback only:
   3. at 20 % and 70 % of the time publishes a good new version (weights perturbed by 0.1 %),
      at 45 % a broken one (weights changed after their sha256 was recorded), each through a
      hidden folder renamed into place, as `nextword train` does;
-  4. samples the server's resident memory every second, then once more when the load has
-     stopped and the last swap has settled, and stops the server with SIGTERM.
+  4. samples the server's memory (PSS, its model process included) every second, then once
+     more when the load has stopped and the last swap has settled, and stops the server with
+     SIGTERM.
 
 It passes (exit 0) with no 5xx, no connection errors, every answer the status expected of it,
 both good versions served, the broken one refused, exit status 0 on SIGTERM, and resident
@@ -42,7 +43,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench_load import free_port  # noqa: E402
+from bench_load import free_port, tree_memory_mb  # noqa: E402
 from soak_clients import Tally, client_loop, request_mix  # noqa: E402
 
 from app import store  # noqa: E402  (after the path set-up, so it runs from a checkout)
@@ -96,10 +97,8 @@ def publish_copy(source: Path, model_dir: Path, *, broken: bool, seed: int) -> i
 
 
 def resident_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """The server's proportional set size (PSS), its model process included, in MiB."""
+    return tree_memory_mb(pid)["pss_mb"] * 1e6 / 2**20
 
 
 async def wait_for(check: Any, within: float) -> float:

@@ -4,12 +4,14 @@ one is refused, named in the log and in GET /models, and the old one keeps servi
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import math
 import re
 import shutil
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,12 +40,16 @@ class StubPredictor:
         self.info = ModelInfo("m", version, Path(f"m/{version}"), 3, {}, {})
         self.probability = probability
         self.closed = 0
+        self.held: bool | None = None  # may it fork its model process? (None: never told)
 
     def predict(self, text: str, top_k: int = 5, include_special: bool = False) -> Prediction:
         return Prediction([WordProbability("w", self.probability)], Prefix([1], ["<eos>"], []))
 
     async def aclose(self) -> None:
         self.closed += 1
+
+    def hold_model_process(self, held: bool) -> None:
+        self.held = held
 
 
 def _publish_stub(store_dir: Path, version: int, note: str = "") -> None:
@@ -117,6 +123,61 @@ def test_a_stuck_request_does_not_keep_an_old_model_for_ever(stub_store: Path) -
                 assert loader.made[1].closed == 1
         finally:
             manager_module.RETIRE_MARGIN_S = margin
+            await models.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_model_process_is_forked_only_while_one_model_is_in_memory(stub_store: Path) -> None:
+    # A process forked while the old model is still in memory would keep a copy of it for life.
+    loader = StubLoader()
+
+    async def scenario() -> None:
+        models = _manager(stub_store, loader)
+        await models.start()
+        assert loader.made[1].held is False  # alone: it may fork
+        async with models.lease():
+            _publish_stub(stub_store, 2)
+            await models.reload()
+            assert loader.made[2].held is True  # v1 is still answering a request
+        for _ in range(100):
+            if loader.made[2].held is False:
+                break
+            await asyncio.sleep(0.02)
+        assert loader.made[1].closed == 1 and loader.made[2].held is False
+        await models.reload()  # unchanged: nothing loaded, so it is free again after
+        assert loader.made[2].held is False
+        await models.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_retired_model_is_freed_though_it_was_frozen_at_start_up_in_a_cycle(
+    stub_store: Path,
+) -> None:
+    # The app freezes start-up's objects out of the collector's sight (gc.freeze), the first
+    # model among them; a real Predictor is in reference cycles (its batcher holds its bound
+    # methods), which only the collector frees.
+    loader = StubLoader()
+
+    async def scenario() -> None:
+        models = _manager(stub_store, loader)
+        await models.start()
+        first = loader.made.pop(1)
+        first.cycle = first  # type: ignore[attr-defined]
+        freed = weakref.ref(first)
+        del first
+        gc.freeze()
+        try:
+            _publish_stub(stub_store, 2)
+            assert (await models.reload()).status == "loaded"
+            for _ in range(100):
+                if freed() is None:
+                    break
+                await asyncio.sleep(0.02)
+            assert freed() is None
+        finally:
+            gc.unfreeze()
             await models.aclose()
 
     asyncio.run(scenario())

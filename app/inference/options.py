@@ -43,6 +43,7 @@ class InferenceOptions:
             cache_size=settings.cache_size,
             batch_max_size=settings.batch_max_size,
             batch_max_wait_ms=settings.batch_max_wait_ms,
+            model_process=settings.model_process,
         )
 
     def in_model_process(self) -> InferenceOptions:

@@ -118,6 +118,7 @@ class Predictor:
             ModelProcess(self._in_model_process) if options.model_process else None
         )
         self._process_cache: dict[str, int] = {}  # the model process's cache figures
+        self._process_held = False  # see hold_model_process
         self._batcher: MicroBatcher[_Job, _Answer] = MicroBatcher(
             self._answers,
             options.batch_max_size,
@@ -269,8 +270,16 @@ class Predictor:
 
     async def _offload(self, jobs: Sequence[_Job]) -> list[_Answer]:
         assert self._process is not None
+        if self._process_held and self._process.pid is None:
+            return self._answers(jobs)  # no fork now: computed here, on the loop
         answers, self._process_cache = await self._process.run(jobs)
         return answers
+
+    def hold_model_process(self, held: bool) -> None:
+        """While held, no model process is forked (batches are computed on the event loop
+        until one is; one forked already goes on). The model manager holds it while another
+        model is in memory: a process forked then would keep a copy of that one for life."""
+        self._process_held = held
 
     def _in_model_process(self) -> Callable[[Sequence[_Job]], tuple[list[_Answer], dict[str, int]]]:
         # Run in the model process once forked: a Predictor of its own (its own caches, locks

@@ -184,6 +184,7 @@ class ModelManager:
             "serving model %s v%d from %s (vocabulary %d)",
             info.name, info.version, info.path, info.vocabulary_size,
         )  # fmt: skip
+        self._release_if_alone()
         if self.settings.reload_interval_s > 0:
             self._poller = asyncio.create_task(self._poll(self.settings.reload_interval_s))
 
@@ -215,36 +216,43 @@ class ModelManager:
         `force=False` (polls) skips a version refused before whose folder has not changed since;
         an admin request (`force=True`) always tries again.
         """
-        async with self._reloading:
-            try:
-                number, path = await to_thread.run_sync(self._resolve, version)
-            except ModelStoreError as error:  # no such version, or a path out of the store
-                return self._refuse(version, "", str(error))
-            print_ = await to_thread.run_sync(fingerprint, path)
-            served = self._served
-            if served and (served.predictor.info.version, served.fingerprint) == (number, print_):
-                return ReloadOutcome("unchanged", number)
-            known = self._refused.get(number)
-            if not force and known is not None and known.fingerprint == print_:
-                return ReloadOutcome("refused", number, known.reason)
-            try:
-                fresh = await self._load_checked(number, print_)
-            except ModelStoreError as error:
-                return self._refuse(number, print_, str(error))
-            except Exception as error:  # a bug or MemoryError: refused too, with its traceback
-                logger.exception("loading model %s v%d failed", self.settings.model_name, number)
-                return self._refuse(number, print_, f"{type(error).__name__}: {error}")
-            old, self._served = self._served, fresh  # the swap: one reference, atomic
-            self._refused.pop(number, None)
-            logger.info(
-                "now serving model %s v%d (was v%s)",
-                self.settings.model_name, number, old.predictor.info.version if old else "-",
-            )  # fmt: skip
-            if old is not None:
-                task = asyncio.create_task(self._retire(old))
-                self._retiring.add(task)
-                task.add_done_callback(self._retiring.discard)
-            return ReloadOutcome("loaded", number)
+        try:
+            async with self._reloading:
+                return await self._reload(version, force)
+        finally:
+            self._release_if_alone()
+
+    async def _reload(self, version: int | None, force: bool) -> ReloadOutcome:
+        _hold(self.current, True)  # another model may soon be in memory beside it
+        try:
+            number, path = await to_thread.run_sync(self._resolve, version)
+        except ModelStoreError as error:  # no such version, or a path out of the store
+            return self._refuse(version, "", str(error))
+        print_ = await to_thread.run_sync(fingerprint, path)
+        served = self._served
+        if served and (served.predictor.info.version, served.fingerprint) == (number, print_):
+            return ReloadOutcome("unchanged", number)
+        known = self._refused.get(number)
+        if not force and known is not None and known.fingerprint == print_:
+            return ReloadOutcome("refused", number, known.reason)
+        try:
+            fresh = await self._load_checked(number, print_)
+        except ModelStoreError as error:
+            return self._refuse(number, print_, str(error))
+        except Exception as error:  # a bug or MemoryError: refused too, with its traceback
+            logger.exception("loading model %s v%d failed", self.settings.model_name, number)
+            return self._refuse(number, print_, f"{type(error).__name__}: {error}")
+        old, self._served = self._served, fresh  # the swap: one reference, atomic
+        self._refused.pop(number, None)
+        logger.info(
+            "now serving model %s v%d (was v%s)",
+            self.settings.model_name, number, old.predictor.info.version if old else "-",
+        )  # fmt: skip
+        if old is not None:
+            task = asyncio.create_task(self._retire(old))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+        return ReloadOutcome("loaded", number)
 
     def _resolve(self, version: int | None) -> tuple[int, Path]:
         wanted: int | str = self.settings.model_version if version is None else version
@@ -259,6 +267,7 @@ class ModelManager:
 
     async def _load_checked(self, number: int, print_: str) -> Served:
         predictor = await to_thread.run_sync(self._load, self.settings, number)
+        _hold(predictor, True)  # until it is the only model in memory (_release_if_alone)
         try:
             await to_thread.run_sync(probe, predictor)
         except BaseException:
@@ -291,8 +300,31 @@ class ModelManager:
             )  # fmt: skip
         await _close(old.predictor)
         del old
-        gc.collect()  # the old model's objects, cycles included, before the pages go back
+        # The old model's objects, cycles included, before the pages go back. The objects of
+        # start-up are frozen out of the collector's sight (app.api.app); a model loaded then
+        # is among them, so they are unfrozen for this one collection and frozen again.
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
         await to_thread.run_sync(trim_free_memory)
+        self._release_if_alone()
+
+    def _release_if_alone(self) -> None:
+        """Let the current model fork its model process once no other model is in memory (no
+        load under way, none being retired: see Predictor.hold_model_process)."""
+        me = asyncio.current_task()
+        busy = self._reloading.locked() or any(
+            not task.done() and task is not me for task in self._retiring
+        )
+        if not busy:
+            _hold(self.current, False)
+
+
+def _hold(predictor: Any, held: bool) -> None:
+    # getattr: a test's stand-in predictor has no model process.
+    hold = getattr(predictor, "hold_model_process", None)
+    if hold is not None:
+        hold(held)
 
 
 async def _close(predictor: Any) -> None:
