@@ -34,6 +34,18 @@ V = TypeVar("V")
 CHAIN_START = 0
 
 
+class Ids(tuple[int, ...]):
+    """Token ids that hash once: a text's ids are looked up and stored several times a request,
+    and hashing a 1,000-id tuple takes ~7 us each time."""
+
+    def __hash__(self) -> int:
+        try:
+            return self._hash  # type: ignore[has-type]
+        except AttributeError:
+            self._hash = value = tuple.__hash__(self)
+            return value
+
+
 def chain_step(previous: int, token: int) -> int:
     return hash((previous, token))
 

@@ -29,7 +29,7 @@ import numpy as np
 from app import store
 from app.inference import engine
 from app.inference.batcher import MicroBatcher
-from app.inference.cache import CHAIN_START, CachedState, StateCache, chain_of
+from app.inference.cache import CHAIN_START, CachedState, Ids, StateCache, chain_of
 from app.inference.model_process import ModelProcess
 from app.inference.options import InferenceOptions
 from app.inference.reading import Reading, TextReader
@@ -197,7 +197,7 @@ class Predictor:
 
     def state_for(self, ids: Sequence[int]) -> np.ndarray:
         """The hidden state after reading `ids` from a zero state: (hidden,), float32."""
-        key = tuple(ids)
+        key = ids if isinstance(ids, Ids) else Ids(ids)
         start = self._start(key)
         rest = key[start.length :]
         return self._keep(key, engine.run(self.weights, rest, start.state), start)

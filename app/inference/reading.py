@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from app.inference.cache import TextCache
+from app.inference.cache import Ids, TextCache
 from app.tokenizer import Tokenizer, standardise
 
 # The line breaks str.splitlines() knows, which is how the training corpus was cut into lines.
@@ -74,4 +74,4 @@ class TextReader:
             ids += line_ids
         known = after.tokens if after else ()
         tokens = known + tuple(tokenizer.decode(ids[len(known) :]))
-        return Reading(tuple(ids), tokens, tuple(unknown_words))
+        return Reading(Ids(ids), tokens, tuple(unknown_words))
