@@ -54,6 +54,20 @@ def test_a_batch_is_computed_in_a_child_process_in_order() -> None:
     assert {pid for _, pid in results} == {child} and child != os.getpid()
 
 
+def test_batches_sent_before_the_first_is_answered_are_answered_in_order() -> None:
+    async def main() -> list[list[tuple[int, int]]]:
+        process: ModelProcess[int, list[tuple[int, int]]] = ModelProcess(doubling)
+        answers = await asyncio.gather(*(process.run([i, 10 * i]) for i in range(1, 6)))
+        assert process.forks == 1
+        await process.aclose()
+        return list(answers)
+
+    answers = asyncio.run(main())
+    assert [[value for value, _ in answer] for answer in answers] == [
+        [2 * i, 20 * i] for i in range(1, 6)
+    ]
+
+
 def test_an_error_in_the_child_reaches_the_caller_and_the_child_goes_on() -> None:
     async def main() -> list[tuple[int, int]]:
         process: ModelProcess[int, list[tuple[int, int]]] = ModelProcess(doubling)
@@ -74,9 +88,9 @@ def test_a_child_that_died_is_reported_and_replaced_by_the_next_run() -> None:
         first = process.pid
         assert first is not None
         os.kill(first, signal.SIGKILL)
-        with pytest.raises(ModelProcessGone) as raised:
-            await process.run([2])
-        assert isinstance(raised.value, WorkerGone)  # the batcher computes it on the loop
+        owed = await asyncio.gather(process.run([2]), process.run([4]), return_exceptions=True)
+        assert all(isinstance(error, ModelProcessGone) for error in owed)  # both batches owed
+        assert isinstance(owed[0], WorkerGone)  # which the batcher computes on the loop
         assert gone(first) and process.pid is None
         ((value, pid),) = await process.run([3])
         assert value == 6 and pid not in (first, os.getpid()) and process.forks == 2

@@ -37,6 +37,7 @@ logger = logging.getLogger("nextword")
 
 # After requests were last seen together, how long lone ones still go to the worker.
 BUSY_WINDOW_S = 0.5
+WORKER_DEPTH = 2
 
 
 class WorkerGone(Exception):
@@ -68,7 +69,10 @@ class MicroBatcher(Generic[J, R]):
         self.max_wait_s = max_wait_s
         self._queue: list[tuple[J, asyncio.Future[R]]] = []
         self._flush: asyncio.Handle | None = None  # a flush is scheduled
-        self._running: asyncio.Task[None] | None = None  # a batch (or a lone job) is running
+        self._running: set[asyncio.Task[None]] = set()  # batches (or a lone job) under way
+        # Batches the worker may hold at once: the next is already there when it finishes one,
+        # so it never waits for the loop to read an answer and send more.
+        self.depth = WORKER_DEPTH if offload is not None else 1
         self._closed = False
         self._waited = False  # the batch being formed has waited max_wait_s already
         self._busy_until = 0.0  # loop time until which a lone request goes to the worker too
@@ -89,7 +93,7 @@ class MicroBatcher(Generic[J, R]):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         self._queue.append((job, future))
-        if self._running is None and self._flush is None:
+        if len(self._running) < self.depth and self._flush is None:
             # At the end of this loop turn, so that requests submitted in the same turn join.
             self._flush = loop.call_soon(self._start_batch)
         return await future
@@ -97,8 +101,8 @@ class MicroBatcher(Generic[J, R]):
     def _start_batch(self) -> None:
         self._flush = None
         self._queue = [(job, future) for job, future in self._queue if not future.done()]
-        if self._running is not None or not self._queue or self._closed:
-            return  # the running batch starts the next when it ends; aclose answers the rest
+        if len(self._running) >= self.depth or not self._queue or self._closed:
+            return  # a running batch starts the next when it ends; aclose answers the rest
         loop = asyncio.get_running_loop()
         if 1 < len(self._queue) < self.max_size and self.max_wait_s > 0 and not self._waited:
             self._waited = True
@@ -108,10 +112,11 @@ class MicroBatcher(Generic[J, R]):
         batch, self._queue = self._queue[: self.max_size], self._queue[self.max_size :]
         if len(batch) > 1:
             self._busy_until = loop.time() + BUSY_WINDOW_S
-        if self._offload is not None and (len(batch) > 1 or loop.time() < self._busy_until):
-            self._running = loop.create_task(self._run_on_worker(batch))
-        elif self._alone is not None and len(batch) == 1:
-            self._running = loop.create_task(self._run_alone(batch[0]))
+        worker = self._offload is not None
+        if worker and (len(batch) > 1 or self._running or loop.time() < self._busy_until):
+            self._track(loop.create_task(self._run_on_worker(batch)))
+        elif self._alone is not None and len(batch) == 1 and not self._running:
+            self._track(loop.create_task(self._run_alone(batch[0])))
         else:
             self._settle(batch, self._compute)  # on the loop, now
             if self._queue:  # the rest next turn: the loop serves others between batches
@@ -155,10 +160,16 @@ class MicroBatcher(Generic[J, R]):
             self._next()
 
     def _next(self) -> None:
-        self._running = None
+        current = asyncio.current_task()
+        if current is not None:
+            self._running.discard(current)  # ending: room for the next batch
         if self._queue and self._flush is None:
             self._waited = True  # they have waited for this batch: no more
             self._start_batch()
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
 
     def _settle(
         self, batch: list[tuple[J, asyncio.Future[R]]], compute: Callable[[Sequence[J]], list[R]]
@@ -190,8 +201,8 @@ class MicroBatcher(Generic[J, R]):
         if self._flush is not None:
             self._flush.cancel()
             self._flush = None
-        if self._running is not None:
-            await asyncio.shield(self._running)
+        while self._running:
+            await asyncio.shield(next(iter(self._running)))
         queued = [(job, future) for job, future in self._queue if not future.done()]
         self._queue = []
         if queued:

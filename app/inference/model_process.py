@@ -27,6 +27,7 @@ import pickle
 import signal
 import socket
 import struct
+from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from typing import Any, Generic, TypeVar
@@ -50,7 +51,11 @@ class ModelProcessError(RuntimeError):
 
 
 class ModelProcess(Generic[J, A]):
-    """Runs `compute(jobs)` in a forked child, one batch at a time, for one event loop.
+    """Runs `compute(jobs)` in a forked child, for one event loop.
+
+    Batches are answered in the order they were sent, and more than one may be sent before the
+    first is answered: the child then starts the next as soon as it has answered one, without
+    waiting for the event loop to read that answer.
 
     The child is forked on the first `run` (and again after it is gone), so a process that
     never has concurrent requests never forks. There it calls `make_compute()` once, to build
@@ -62,6 +67,9 @@ class ModelProcess(Generic[J, A]):
         self._make_compute = make_compute
         self._pid: int | None = None
         self._socket: socket.socket | None = None
+        self._reader: asyncio.Task[None] | None = None  # reads the answers as they come
+        self._due: deque[asyncio.Future[tuple[str, Any]]] = deque()  # answers owed, in order
+        self._sending = asyncio.Lock()  # one frame at a time on the socket
         self.forks = 0
 
     @property
@@ -83,6 +91,7 @@ class ModelProcess(Generic[J, A]):
         theirs.close()
         ours.setblocking(False)
         self._pid, self._socket = pid, ours
+        self._reader = asyncio.get_running_loop().create_task(self._read_answers(ours))
         self.forks += 1
         return ours
 
@@ -91,27 +100,52 @@ class ModelProcess(Generic[J, A]):
         ended or broke off (it is reaped; the next `run` forks another), ModelProcessError when
         `compute` raised there."""
         connection = self._socket or self._start()
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.sock_sendall(connection, _frame(jobs))
-            (length,) = _LENGTH.unpack(await _read_exactly(loop, connection, _LENGTH.size))
-            status, answer = pickle.loads(await _read_exactly(loop, connection, length))
-        except (OSError, EOFError, pickle.UnpicklingError) as error:
-            self.kill()
-            raise ModelProcessGone(f"the model process ended ({error!r})") from None
-        except BaseException:  # cancelled mid-frame: the stream is out of step, start afresh
-            self.kill()
-            raise
+        due: asyncio.Future[tuple[str, Any]] = asyncio.get_running_loop().create_future()
+        self._due.append(due)
+        frame = _frame(jobs)
+        async with self._sending:
+            try:
+                await asyncio.get_running_loop().sock_sendall(connection, frame)
+            except OSError as error:
+                self._broken(connection, error)
+            except BaseException:  # cancelled mid-frame: the stream is out of step
+                self._broken(connection, RuntimeError("a batch was cancelled while sent"))
+                raise
+        status, answer = await due
         if status != "ok":
             raise ModelProcessError(f"the model process failed: {answer}")
         return answer
 
+    async def _read_answers(self, connection: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                (length,) = _LENGTH.unpack(await _read_exactly(loop, connection, _LENGTH.size))
+                answer = pickle.loads(await _read_exactly(loop, connection, length))
+                due = self._due.popleft()
+                if not due.done():  # (its caller may have given up waiting)
+                    due.set_result(answer)
+        except (OSError, EOFError, pickle.UnpicklingError, IndexError) as error:
+            self._broken(connection, error)
+
+    def _broken(self, connection: socket.socket, error: BaseException) -> None:
+        """The child ended or the stream broke: every batch owed fails, the child is reaped."""
+        if connection is not self._socket:
+            return  # a child already replaced: what is owed now is the new one's
+        self.kill()
+        gone = ModelProcessGone(f"the model process ended ({error!r})")
+        while self._due:
+            due = self._due.popleft()
+            if not due.done():
+                due.set_exception(gone)
+
     async def aclose(self) -> None:
         """Let the child finish and exit (it reads the end of the stream), killed after
-        EXIT_WAIT_S. Idempotent."""
+        EXIT_WAIT_S. The caller has had every answer it waits for. Idempotent."""
         connection, pid = self._socket, self._pid
         if connection is None or pid is None:
             return
+        self._stop_reading()
         self._socket = self._pid = None
         connection.close()
         for _ in range(int(EXIT_WAIT_S / 0.005)):
@@ -124,10 +158,16 @@ class ModelProcess(Generic[J, A]):
         """End the child now (a broken stream, or the process shutting down)."""
         connection, pid = self._socket, self._pid
         self._socket = self._pid = None
+        self._stop_reading()
         if connection is not None:
             connection.close()
         if pid is not None:
             _kill(pid)
+
+    def _stop_reading(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None and reader is not asyncio.current_task():
+            reader.cancel()
 
 
 def _frame(value: object) -> bytes:
