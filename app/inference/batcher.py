@@ -7,17 +7,18 @@ vocabulary). Where it runs depends on what else is going on:
         on the event loop, at the end of this loop turn (`alone`): no hop to another process
         and no waiting, so a lone request costs what the model costs.
     with others (several submitted in the same turn, a batch running, or recently so)
-        queued; when the worker is free, up to `max_size` queued jobs go to it as one batch
-        (`offload`: the model process, on the other core), while the loop goes on parsing and
-        answering other requests. Without a worker, or when it has gone, a batch is computed
-        on the loop (`compute`).
+        queued; while the worker holds fewer than WORKER_DEPTH batches (one computing, the
+        next waiting its turn), up to `max_size` queued jobs go to it as one batch (`offload`:
+        the model process, on the other core), while the loop goes on parsing and answering
+        other requests. Without a worker, or when it has gone, a batch is computed on the loop
+        (`compute`), one at a time.
 
 Why "recently": under load, requests reach the batcher one loop turn apart as often as not, and
 each would find it idle and be computed on the loop, which then does all the work while the
 worker's core idles. Once requests have been seen together, they go to the worker for the
 next BUSY_WINDOW_S, and the queue that builds up while a batch runs keeps batches coming.
 
-A queued job waits for the batch running and its own (or more when over `max_size` are queued).
+A queued job waits for the batches ahead of it and its own.
 With `max_wait_s` > 0, a batch that has company but is not full waits that long for more before
 it starts (fewer, fuller batches for more latency); a lone request never waits.
 """

@@ -12,9 +12,9 @@ Forked, not spawned: the child starts in milliseconds with the parent's model al
 memory, shared copy-on-write. The weights are only ever read, so their pages stay shared (the
 child's resident memory counts them again; its proportional share, PSS, does not).
 
-The parent and the child speak over a socket pair, one batch at a time: the parent writes a
-frame (an 8-byte length, then a pickle) holding the jobs; the child answers with one frame,
-`("ok", answer)` or `("error", message)`. The child ends when the parent closes its end (or
+The parent and the child speak over a socket pair: the parent writes a frame (an 8-byte
+length, then a pickle) holding a batch of jobs; the child answers each batch, in order, with one
+frame, `("ok", answer)` or `("error", message)`. The child ends when the parent closes its end (or
 dies: the kernel closes it then), so it never outlives the server.
 """
 
