@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,16 @@ from app.inference.batcher import MicroBatcher
 from app.inference.cache import CHAIN_START, CachedState, Ids, StateCache, chain_of
 from app.inference.model_process import ModelProcess
 from app.inference.options import InferenceOptions
-from app.inference.reading import Reading, TextReader
+from app.inference.prediction import (
+    Answer,
+    ModelInfo,
+    Prediction,
+    Prefix,
+    WordProbability,
+    answer_of,
+    prediction_of,
+)
+from app.inference.reading import TextReader
 from app.store import ModelStoreError
 from app.tokenizer import Tokenizer, TokenizerError
 
@@ -42,49 +50,18 @@ FIRST_WORD_ID = max(Tokenizer.unknown_id, Tokenizer.end_id) + 1
 # other requests are not held up behind it.
 STEPS_PER_TURN = 64
 
-__all__ = ["InferenceOptions", "ModelInfo", "Prediction", "Predictor", "Prefix"]
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What is being served, from the folder and its manifest."""
-
-    name: str
-    version: int
-    path: Path
-    vocabulary_size: int
-    architecture: dict[str, Any]
-    metrics: dict[str, Any]
-    created: str | None = None
-
-
-@dataclass(frozen=True)
-class Prefix:
-    """Text as the model reads it (see app.inference.reading)."""
-
-    ids: list[int]  # always starts with <eos>
-    tokens: list[str]  # the words of `ids`, unknown words as the unknown token
-    unknown_words: list[str]  # the user's words (after standardisation) the model does not know
-
+__all__ = [
+    "InferenceOptions",
+    "ModelInfo",
+    "Prediction",
+    "Predictor",
+    "Prefix",
+    "WordProbability",
+]
 
 # What a request hands the batcher: its text, top_k, and the lowest id that may be offered
-# (FIRST_WORD_ID: no special tokens); and what it gets back, in plain values (the model process
-# pickles them): the text's ids, tokens and unknown words, then the ids most likely first and
-# their probabilities.
+# (FIRST_WORD_ID: no special tokens); it gets back an Answer (prediction.py).
 _Job = tuple[str, int, int]
-_Answer = tuple[tuple[int, ...], tuple[str, ...], tuple[str, ...], list[int], list[float]]
-
-
-@dataclass(frozen=True)
-class WordProbability:
-    word: str
-    probability: float
-
-
-@dataclass(frozen=True)
-class Prediction:
-    words: list[WordProbability]  # most likely first
-    prefix: Prefix
 
 
 class Predictor:
@@ -114,12 +91,12 @@ class Predictor:
         size = options.cache_size
         self.reader = TextReader(tokenizer, cache_size=size)
         self._states = StateCache(size) if size else None
-        self._process: ModelProcess[_Job, tuple[list[_Answer], dict[str, int]]] | None = (
+        self._process: ModelProcess[_Job, tuple[list[Answer], dict[str, int]]] | None = (
             ModelProcess(self._in_model_process) if options.model_process else None
         )
         self._process_cache: dict[str, int] = {}  # the model process's cache figures
         self._process_held = False  # see hold_model_process
-        self._batcher: MicroBatcher[_Job, _Answer] = MicroBatcher(
+        self._batcher: MicroBatcher[_Job, Answer] = MicroBatcher(
             self._answers,
             options.batch_max_size,
             options.batch_max_wait_ms / 1000,
@@ -251,24 +228,24 @@ class Predictor:
         """
         return engine.softmax(engine.logits(self.weights, state), in_place=True)
 
-    def _answers(self, jobs: Sequence[_Job]) -> list[_Answer]:
+    def _answers(self, jobs: Sequence[_Job]) -> list[Answer]:
         """A batch's whole model work, blocking (on the loop, or in the model process)."""
         readings = [self.reader.read(text) for text, _, _ in jobs]
         states = self._states_for([reading.ids for reading in readings])
         best = engine.next_words(
             self.weights, states, [job[1] for job in jobs], [job[2] for job in jobs]
         )
-        return [_answer(reading, *ids) for reading, ids in zip(readings, best, strict=True)]
+        return [answer_of(reading, *ids) for reading, ids in zip(readings, best, strict=True)]
 
-    async def _answer_alone(self, job: _Job) -> _Answer:
+    async def _answer_alone(self, job: _Job) -> Answer:
         """One job on the event loop, yielding it on a long text (`_state_async`)."""
         text, top_k, first = job
         reading = self.reader.read(text)
         state = await self._state_async(reading.ids)
         ((ids, probabilities),) = engine.next_words(self.weights, state[None], [top_k], [first])
-        return _answer(reading, ids, probabilities)
+        return answer_of(reading, ids, probabilities)
 
-    async def _offload(self, jobs: Sequence[_Job]) -> list[_Answer]:
+    async def _offload(self, jobs: Sequence[_Job]) -> list[Answer]:
         assert self._process is not None
         if self._process_held and self._process.pid is None:
             return self._answers(jobs)  # no fork now: computed here, on the loop
@@ -281,12 +258,12 @@ class Predictor:
         model is in memory: a process forked then would keep a copy of that one for life."""
         self._process_held = held
 
-    def _in_model_process(self) -> Callable[[Sequence[_Job]], tuple[list[_Answer], dict[str, int]]]:
+    def _in_model_process(self) -> Callable[[Sequence[_Job]], tuple[list[Answer], dict[str, int]]]:
         # Run in the model process once forked: a Predictor of its own (its own caches, locks
         # and counters) on the weights and tokenizer it inherited, shared copy-on-write.
         own = Predictor(self.weights, self.tokenizer, self.info, self.options.in_model_process())
 
-        def compute(jobs: Sequence[_Job]) -> tuple[list[_Answer], dict[str, int]]:
+        def compute(jobs: Sequence[_Job]) -> tuple[list[Answer], dict[str, int]]:
             return own._answers(jobs), own._cache_stats()
 
         return compute
@@ -297,9 +274,8 @@ class Predictor:
         The unknown and sentence-end tokens are left out unless `include_special`; the
         probabilities are the model's own over the whole vocabulary (they are not renormalised).
         """
-        return _prediction(
-            self.tokenizer, self._batcher.run([self._job(text, top_k, include_special)])[0]
-        )
+        job = self._job(text, top_k, include_special)
+        return prediction_of(self.tokenizer, self._batcher.run([job])[0])
 
     async def predict_async(
         self, text: str, top_k: int = 5, include_special: bool = False
@@ -307,7 +283,7 @@ class Predictor:
         """`predict` for the event loop: concurrent requests are computed together, in the
         model process when there is one. The same answer as `predict`, bit for bit."""
         job = self._job(text, top_k, include_special)
-        return _prediction(self.tokenizer, await self._batcher.submit(job))
+        return prediction_of(self.tokenizer, await self._batcher.submit(job))
 
     @staticmethod
     def _job(text: str, top_k: int, include_special: bool) -> _Job:
@@ -338,28 +314,6 @@ class Predictor:
         return self._states.stats()
 
 
-def _answer(reading: Reading, ids: np.ndarray, probabilities: np.ndarray) -> _Answer:
-    return (
-        reading.ids,
-        reading.tokens,
-        reading.unknown_words,
-        ids.tolist(),
-        [_plain_float(p) for p in probabilities],
-    )
-
-
-def _prediction(tokenizer: Tokenizer, answer: _Answer) -> Prediction:
-    ids, tokens, unknown_words, best, probabilities = answer
-    vocabulary = tokenizer.vocabulary
-    words = [WordProbability(vocabulary[i], p) for i, p in zip(best, probabilities, strict=True)]
-    return Prediction(words, Prefix(list(ids), list(tokens), list(unknown_words)))
-
-
 def _mapping(value: Any) -> dict[str, Any]:
     # Metrics are for people to read; a manifest without them still serves.
     return dict(value) if isinstance(value, dict) else {}
-
-
-def _plain_float(value: np.floating[Any]) -> float:
-    # The shortest decimal that reads back as the same float32: 0.1, not 0.10000000149011612.
-    return float(str(value))
