@@ -25,6 +25,8 @@ def doubling() -> Callable[[Sequence[int]], list[tuple[int, int]]]:
     def compute(jobs: Sequence[int]) -> list[tuple[int, int]]:
         if 13 in jobs:
             raise ValueError("unlucky job")
+        if -1 in jobs:
+            time.sleep(60)  # stuck
         return [(2 * job, pid) for job in jobs]
 
     return compute
@@ -96,6 +98,24 @@ def test_a_child_that_died_is_reported_and_replaced_by_the_next_run() -> None:
         assert value == 6 and pid not in (first, os.getpid()) and process.forks == 2
         await process.aclose()
         await process.aclose()  # idempotent
+
+    asyncio.run(main())
+
+
+def test_a_stuck_child_is_killed_and_replaced() -> None:
+    async def main() -> None:
+        process: ModelProcess[int, list[tuple[int, int]]] = ModelProcess(doubling, 0.5)
+        await process.run([1])
+        stuck = process.pid
+        assert stuck is not None
+        started = time.monotonic()
+        owed = await asyncio.gather(process.run([-1]), process.run([2]), return_exceptions=True)
+        assert time.monotonic() - started < 5
+        assert all(isinstance(error, ModelProcessGone) for error in owed)
+        assert gone(stuck)
+        ((value, _),) = await process.run([3])
+        assert value == 6 and process.forks == 2
+        await process.aclose()
 
     asyncio.run(main())
 

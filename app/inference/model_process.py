@@ -40,6 +40,8 @@ A = TypeVar("A")
 _LENGTH = struct.Struct("!Q")
 # How long `aclose` lets a child finish its batch and exit before it is killed.
 EXIT_WAIT_S = 2.0
+# A batch not answered within this is taken as a stuck child, which is killed.
+ANSWER_WITHIN_S = 10.0
 
 
 class ModelProcessGone(WorkerGone):
@@ -63,8 +65,13 @@ class ModelProcess(Generic[J, A]):
     held at the fork, or open files.
     """
 
-    def __init__(self, make_compute: Callable[[], Callable[[Sequence[J]], A]]) -> None:
+    def __init__(
+        self,
+        make_compute: Callable[[], Callable[[Sequence[J]], A]],
+        answer_within_s: float = ANSWER_WITHIN_S,
+    ) -> None:
         self._make_compute = make_compute
+        self.answer_within_s = answer_within_s
         self._pid: int | None = None
         self._socket: socket.socket | None = None
         self._reader: asyncio.Task[None] | None = None  # reads the answers as they come
@@ -111,7 +118,15 @@ class ModelProcess(Generic[J, A]):
             except BaseException:  # cancelled mid-frame: the stream is out of step
                 self._broken(connection, RuntimeError("a batch was cancelled while sent"))
                 raise
-        status, answer = await due
+        try:
+            async with asyncio.timeout(self.answer_within_s):
+                status, answer = await due
+        except TimeoutError:
+            # Stuck (a batch takes milliseconds): end it, so that this batch and those queued
+            # behind it are computed on the loop, and the next batch forks a fresh process.
+            stuck = TimeoutError(f"no answer within {self.answer_within_s:g} s")
+            self._broken(connection, stuck)
+            raise ModelProcessGone(f"the model process was stuck ({stuck})") from None
         if status != "ok":
             raise ModelProcessError(f"the model process failed: {answer}")
         return answer
