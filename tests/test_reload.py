@@ -255,6 +255,45 @@ def served(tiny_model: TinyModel, tmp_path: Path) -> Callable[..., TestClient]:
     return make
 
 
+def test_a_replaced_model_and_its_model_process_are_freed(
+    tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    _copy_version(tiny_model, tmp_path, 1)
+
+    async def scenario() -> None:
+        models = ModelManager(Settings(model_store=tmp_path, model_name="tiny"))
+        await models.start()
+        gc.freeze()  # as the app's start-up does
+
+        async def concurrent_requests() -> dict[str, Any]:
+            async with models.lease() as predictor:
+                await asyncio.gather(*(predictor.predict_async(f"the {i}") for i in range(8)))
+                return predictor.stats()["batching"]
+
+        try:
+            assert (await concurrent_requests())["model_process_forks"] == 1
+            freed = weakref.ref(models.current)  # type: ignore[arg-type]
+            _copy_version(tiny_model, tmp_path, 2)
+            assert (await models.reload()).status == "loaded"
+            for _ in range(100):
+                if freed() is None:
+                    break
+                await asyncio.sleep(0.02)
+            assert freed() is None  # (a model process forked now would keep it for life)
+            forks = 0
+            for _ in range(100):  # v2's process is forked once v1's retirement has ended
+                forks = int((await concurrent_requests())["model_process_forks"])
+                if forks:
+                    break
+                await asyncio.sleep(0.02)
+            assert forks == 1
+        finally:
+            gc.unfreeze()
+            await models.aclose()
+
+    asyncio.run(scenario())
+
+
 def _served_version(client: TestClient) -> int:
     version: int = client.get("/ready").json()["model"]["version"]
     return version

@@ -160,7 +160,11 @@ class ModelProcess(Generic[J, A]):
         connection, pid = self._socket, self._pid
         if connection is None or pid is None:
             return
-        self._stop_reading()
+        reader = self._stop_reading()
+        if reader is not None:
+            # Ended, not just told to end: a pending reader holds this object (and through it
+            # the model) past its owner's last collection of the garbage.
+            await asyncio.wait([reader])
         self._socket = self._pid = None
         connection.close()
         for _ in range(int(EXIT_WAIT_S / 0.005)):
@@ -179,10 +183,13 @@ class ModelProcess(Generic[J, A]):
         if pid is not None:
             _kill(pid)
 
-    def _stop_reading(self) -> None:
+    def _stop_reading(self) -> asyncio.Task[None] | None:
+        """Cancel the reader (unless it is the caller); return it, to be awaited."""
         reader, self._reader = self._reader, None
-        if reader is not None and reader is not asyncio.current_task():
-            reader.cancel()
+        if reader is None or reader is asyncio.current_task():
+            return None
+        reader.cancel()
+        return reader
 
 
 def _frame(value: object) -> bytes:
