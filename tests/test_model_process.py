@@ -120,6 +120,23 @@ def test_a_stuck_child_is_killed_and_replaced() -> None:
     asyncio.run(main())
 
 
+def test_a_fork_that_fails_is_reported_as_the_process_gone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_fork() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+
+    async def main() -> None:
+        process: ModelProcess[int, list[tuple[int, int]]] = ModelProcess(doubling)
+        with pytest.raises(ModelProcessGone, match="could not be forked"):
+            await process.run([1])  # which the batcher then computes on the loop
+        assert process.pid is None and process.forks == 0
+
+    asyncio.run(main())
+
+
 def test_the_child_keeps_none_of_the_parents_sockets() -> None:
     # A listening socket the child kept open would go on accepting connections after the
     # server closed it at shutdown.

@@ -85,7 +85,12 @@ class ModelProcess(Generic[J, A]):
 
     def _start(self) -> socket.socket:
         ours, theirs = socket.socketpair()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as error:  # out of processes or memory: this batch goes to the loop
+            ours.close()
+            theirs.close()
+            raise ModelProcessGone(f"the model process could not be forked ({error})") from None
         if pid == 0:  # the child: never returns
             code = 1
             try:

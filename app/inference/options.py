@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -22,7 +23,7 @@ class InferenceOptions:
     # Concurrent requests computed as one batch in a forked model process, on another core,
     # while the event loop goes on with HTTP (a request alone is computed on the loop). Off:
     # batches are computed on the loop.
-    model_process: bool = True
+    model_process: bool = sys.platform.startswith("linux")  # (see Settings.model_process)
     # BLAS threads for the whole process, set when a model is loaded (None: left as they are).
     # Concurrency comes from the requests; a second BLAS thread on a small product only
     # contends with the event loop and the batch worker for the cores (4-8x slower on 2 cores).
