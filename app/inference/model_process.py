@@ -45,7 +45,8 @@ ANSWER_WITHIN_S = 10.0
 
 
 class ModelProcessGone(WorkerGone):
-    """The child ended, or its answer did not arrive whole: the batch was not computed there."""
+    """The batch was not computed there: the child ended, was stuck, could not be forked, or
+    its answer did not arrive whole."""
 
 
 class ModelProcessError(RuntimeError):
