@@ -34,7 +34,7 @@ def models_of(request: Request) -> ModelManager:
 
 
 def models_in(state: State) -> ModelManager:
-    """`models_of` from the app's state, for a route that holds it (see routes.model_routes)."""
+    """`models_of` from the app's state, for a route that holds it (see routes.add_model_routes)."""
     manager: ModelManager | None = state.models
     if manager is None or manager.current is None:
         raise ModelNotReady(_NOT_READY)
