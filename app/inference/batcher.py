@@ -39,7 +39,7 @@ logger = logging.getLogger("nextword")
 # After requests were last seen together, how long lone ones still go to the worker.
 BUSY_WINDOW_S = 0.5
 # Batches the worker holds at once. Two measured ~25 % more requests/s at c=32 than one (three
-# runs each, 1,360-1,760 against 1,200-1,370); three or four were not clearly better.
+# runs each, 1,520-1,760 against 1,200-1,370); three or four were not clearly better.
 WORKER_DEPTH = 2
 
 
