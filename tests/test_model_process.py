@@ -15,7 +15,12 @@ from pathlib import Path
 import pytest
 
 from app.inference.batcher import WorkerGone
-from app.inference.model_process import ModelProcess, ModelProcessError, ModelProcessGone
+from app.inference.model_process import (
+    NICENESS,
+    ModelProcess,
+    ModelProcessError,
+    ModelProcessGone,
+)
 
 
 def doubling() -> Callable[[Sequence[int]], list[tuple[int, int]]]:
@@ -47,8 +52,12 @@ def test_a_batch_is_computed_in_a_child_process_in_order() -> None:
         results = await process.run([1, 2, 3])
         again = await process.run([4])
         child = process.pid
+        assert child is not None
+        # Nicer than the server: the event loop goes first when they contend for the cores.
+        niceness = os.getpriority(os.PRIO_PROCESS, child) - os.getpriority(os.PRIO_PROCESS, 0)
+        assert niceness == min(NICENESS, 19 - os.getpriority(os.PRIO_PROCESS, 0))
         await process.aclose()
-        assert child is not None and gone(child)
+        assert gone(child)
         return results + again, child
 
     results, child = asyncio.run(main())

@@ -42,6 +42,10 @@ _LENGTH = struct.Struct("!Q")
 EXIT_WAIT_S = 2.0
 # A batch not answered within this is taken as a stuck child, which is killed.
 ANSWER_WITHIN_S = 10.0
+# How much nicer than the server the child is. When the two (and the load) contend for the
+# cores, the event loop, which every request waits on, goes first and the child takes what is
+# left: at c=32, three runs each, 1,370-1,580 req/s at 0, 1,480-1,660 at 5, 1,590-1,730 at 10.
+NICENESS = 5
 
 
 class ModelProcessGone(WorkerGone):
@@ -241,6 +245,7 @@ def _become_child(keep: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.set_wakeup_fd(-1)  # the parent's event loop's, about to be closed here
+    os.nice(NICENESS)
     # Every descriptor of the parent but ours and stdio: a listening socket kept open here
     # would keep accepting connections after the server has closed it.
     for name in os.listdir("/proc/self/fd") if os.path.isdir("/proc/self/fd") else ():
