@@ -25,13 +25,13 @@ starts, with a message naming the variable.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.inference.options import MODEL_PROCESS_BY_DEFAULT
 from app.store import check_name
 
 ENV_PREFIX = "NEXTWORD_"
@@ -67,9 +67,8 @@ class Settings(BaseSettings):
     batch_max_size: int = Field(default=32, ge=1, le=1024)
     batch_max_wait_ms: float = Field(default=0.0, ge=0, le=100)
     # Batches computed in a forked model process on another core (off: on the event loop;
-    # for a server given one CPU, where a second process only adds the hand-over). On by
-    # default on Linux only: macOS's system libraries are not safe to use in a forked child.
-    model_process: bool = sys.platform.startswith("linux")
+    # for a server given one CPU, where a second process only adds the hand-over).
+    model_process: bool = MODEL_PROCESS_BY_DEFAULT
     # --- model updates, overload, shutdown (app.serving, app.api.middleware) ---
     # A new version is loaded aside, checked with a probe prediction, then swapped in.
     reload_interval_s: float = Field(default=0, ge=0, le=86_400)

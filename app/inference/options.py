@@ -6,6 +6,10 @@ import sys
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+# The model process is forked: on by default on Linux only, as macOS's system libraries are not
+# safe to use in a forked child (and Windows has no fork).
+MODEL_PROCESS_BY_DEFAULT = sys.platform.startswith("linux")
+
 if TYPE_CHECKING:
     from app.settings import Settings
 
@@ -23,7 +27,7 @@ class InferenceOptions:
     # Concurrent requests computed as one batch in a forked model process, on another core,
     # while the event loop goes on with HTTP (a request alone is computed on the loop). Off:
     # batches are computed on the loop.
-    model_process: bool = sys.platform.startswith("linux")  # (see Settings.model_process)
+    model_process: bool = MODEL_PROCESS_BY_DEFAULT
     # BLAS threads for the whole process, set when a model is loaded (None: left as they are).
     # Concurrency comes from the requests; a second BLAS thread on a small product only
     # contends with the event loop and the batch worker for the cores (4-8x slower on 2 cores).

@@ -174,10 +174,8 @@ class Predictor:
 
     def state_for(self, ids: Sequence[int]) -> np.ndarray:
         """The hidden state after reading `ids` from a zero state: (hidden,), float32."""
-        key = ids if isinstance(ids, Ids) else Ids(ids)
-        start = self._start(key)
-        rest = key[start.length :]
-        return self._keep(key, engine.run(self.weights, rest, start.state), start)
+        state: np.ndarray = self._states_for([ids if isinstance(ids, Ids) else Ids(ids)])[0]
+        return state
 
     def _states_for(self, keys: Sequence[tuple[int, ...]]) -> np.ndarray:
         """`state_for` of each key, the recurrent steps of all of them taken together."""
