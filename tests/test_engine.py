@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -315,8 +316,55 @@ def test_a_batch_gives_the_rows_of_one_state_at_a_time_for_a_large_vocabulary(
     # Large enough for BLAS to block the product (it may do so differently for a batch).
     arrays = _random_arrays(6000, embed, 48, tied)
     weights = engine.weights_from_arrays(arrays, engine.Architecture(6000, embed, 48, tied))
-    assert weights.output_kernel.flags.c_contiguous
-    states = np.stack([engine.run(weights, [1, i, 2 * i]) for i in range(1, 20)])
-    batch = engine.logits(weights, states)
-    for state, row in zip(states, batch, strict=True):
-        assert row.tobytes() == engine.logits(weights, state).tobytes()
+    per_row = _per_row(weights, arrays, tied)
+    for each in (weights, per_row):
+        states = np.stack([engine.run(each, [1, i, 2 * i]) for i in range(1, 20)])
+        batch = engine.logits(each, states)
+        for state, row in zip(states, batch, strict=True):
+            assert row.tobytes() == engine.logits(each, state).tobytes()
+        # And the recurrent steps: a batch's rows are the states read one at a time.
+        texts = [[1, *range(2, 2 + i)] for i in range(12)]
+        zeros = np.zeros((len(texts), 48), np.float32)
+        for text, row in zip(texts, engine.run_many(each, texts, zeros), strict=True):
+            assert row.tobytes() == engine.run(each, text).tobytes()
+
+
+def test_batched_products_are_chosen_here_and_agree_with_products_per_row() -> None:
+    arrays = _random_arrays(3000, 32, 48, tied=True)
+    weights = engine.weights_from_arrays(arrays, engine.Architecture(3000, 32, 48, True))
+    # NumPy's OpenBLAS sums each entry of a matrix product in one order whatever the batch:
+    # the probe finds so, and the output kernel is kept in blocks.
+    assert weights.batched
+    assert weights.output_kernel.shape == (-(-3000 // engine.OUTPUT_BLOCK), 32, engine.OUTPUT_BLOCK)
+    per_row = _per_row(weights, arrays, True)
+    states = np.stack([engine.run(weights, [1, i]) for i in range(2, 9)])
+    np.testing.assert_allclose(
+        engine.logits(weights, states), engine.logits(per_row, states), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_a_blas_that_sums_a_batch_in_another_order_gets_products_per_row(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A stand-in for such a BLAS: a matrix product whose rows move with the batch's size.
+    product = np.matmul
+
+    def batch_dependent(a: np.ndarray, b: np.ndarray, **kwargs: object) -> np.ndarray:
+        out = product(a, b, **kwargs)
+        if a.ndim == 2 and len(a) > 2:
+            out = out * np.float32(1 + 1e-6)
+        return out
+
+    monkeypatch.setattr(engine.np, "matmul", batch_dependent)
+    arrays = _random_arrays(300, 8, 8, tied=True)
+    weights = engine.weights_from_arrays(arrays, engine.Architecture(300, 8, 8, True))
+    assert not weights.batched
+    assert weights.output_kernel.shape == (8, 300) and weights.output_kernel.flags.c_contiguous
+
+
+def _per_row(
+    weights: engine.RnnWeights, arrays: dict[str, np.ndarray], tied: bool
+) -> engine.RnnWeights:
+    """The same weights with products taken per row (what a BLAS that fails the probe gets)."""
+    kernel = arrays["embedding"].T if tied else arrays["output.kernel"]
+    return replace(weights, output_kernel=np.ascontiguousarray(kernel), batched=False)
