@@ -16,7 +16,7 @@
     NEXTWORD_ADMIN_KEY       key for /admin/*; unset, the admin routes do not exist      (none)
     NEXTWORD_CORS_ORIGINS    comma-separated origins browsers may call from          (none)
     NEXTWORD_CACHE_SIZE      states (and texts) kept for type-ahead; 0 = no cache   (4096)
-    NEXTWORD_BATCH_MAX_SIZE  most concurrent requests in one output-layer batch     (32)
+    NEXTWORD_BATCH_MAX_SIZE  most concurrent requests in one batch                  (8)
     NEXTWORD_BATCH_MAX_WAIT_MS  longest wait for a batch to fill; alone: none       (0)
 
 Every value is checked when the settings are made, so a bad one stops the server before it
@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     log_level: LogLevel = "info"
     # --- inference (app.inference.options.InferenceOptions) ---
     cache_size: int = Field(default=4096, ge=0, le=1_000_000)
-    batch_max_size: int = Field(default=32, ge=1, le=1024)
+    batch_max_size: int = Field(default=8, ge=1, le=1024)
     batch_max_wait_ms: float = Field(default=0.0, ge=0, le=100)
     # Batches computed in a forked model process on another core (off: on the event loop;
     # for a server given one CPU, where a second process only adds the hand-over).
