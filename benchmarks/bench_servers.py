@@ -15,7 +15,8 @@ reading the text with the service's own tokenizer rules and calling the Keras mo
 
 stack: not a target, a diagnosis. The service's own app (`create_app`: its middleware, routes,
 dependencies, model manager and error handling), the model loaded as usual, but
-`Predictor.predict_async` answering constants: what the service costs apart from the model.
+`Predictor.predict_shaped_async` answering constants: what the service costs apart from the
+model.
 
 All run under uvicorn with the settings `nextword serve` uses (one worker, uvicorn's default
 event loop and HTTP parser: uvloop and httptools when installed, log level info with the access
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -103,9 +105,9 @@ def naive_app(store: Path, name: str, version: str) -> FastAPI:
 
 
 async def _constant_prediction(
-    self: object, text: str, top_k: int = 5, include_special: bool = False
-) -> Prediction:
-    return CONSTANT
+    self: object, text: str, top_k: int, include_special: bool, shape: Callable[..., Any]
+) -> Any:
+    return shape(CONSTANT, CONSTANT_INFO)  # the response body, built here on the loop
 
 
 def stack_app(store: Path, name: str) -> FastAPI:
@@ -115,7 +117,7 @@ def stack_app(store: Path, name: str) -> FastAPI:
 
     # On the class, not through dependency_overrides: FastAPI analyses an override's signature
     # again on every request, which would cost more than what is measured.
-    Predictor.predict_async = _constant_prediction  # type: ignore[method-assign]
+    Predictor.predict_shaped_async = _constant_prediction  # type: ignore[method-assign]
     return create_app(load_settings(model_store=store, model_name=name))
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from conftest import TinyModel
@@ -18,8 +18,11 @@ from starlette.types import Message
 from app import store
 from app.api.app import create_app
 from app.api.middleware import BodyLimits
+from app.api.schemas import PredictResponse
 from app.inference.predictor import ModelInfo, Prediction, Prefix, WordProbability
 from app.settings import Settings
+
+T = TypeVar("T")
 
 pytestmark = pytest.mark.slow  # every test here starts from the trained tiny model
 
@@ -100,6 +103,11 @@ class FakePredictor:
         self, text: str, top_k: int = 5, include_special: bool = False
     ) -> Prediction:
         return self.predict(text, top_k, include_special)
+
+    async def predict_shaped_async(
+        self, text: str, top_k: int, include_special: bool, shape: Callable[..., T]
+    ) -> T:
+        return shape(await self.predict_async(text, top_k, include_special), self.info)
 
 
 class FixedModels:
@@ -304,6 +312,21 @@ def test_openapi_documents_the_api(client: TestClient) -> None:
     assert schemas["PredictResponse"]["examples"][0]["next_word"]
     assert schemas["PredictRequest"]["additionalProperties"] is False
     assert {"/health", "/ready", "/models"} <= set(spec["paths"])
+
+
+def test_the_predict_body_is_the_documented_response_model_as_fastapi_writes_it(
+    client: TestClient,
+) -> None:
+    body = {"text": "The cat, the dog", "top_k": 4}
+    response = client.post("/predict", json=body)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    predictor = client.app.state.models.current  # type: ignore[attr-defined]
+    expected = PredictResponse.of(predictor.predict("The cat, the dog", 4), predictor.info)
+    assert response.content == expected.model_dump_json().encode()
+    spec = client.get("/openapi.json").json()
+    ok = spec["paths"]["/predict"]["post"]["responses"]["200"]["content"]["application/json"]
+    assert ok["schema"] == {"$ref": "#/components/schemas/PredictResponse"}
 
 
 def test_docs_pages_use_no_cdn(client: TestClient) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from app.inference import cache, engine
 from app.inference.cache import BoundedLru, StateCache
-from app.inference.predictor import InferenceOptions, ModelInfo, Predictor
+from app.inference.predictor import InferenceOptions, ModelInfo, Prediction, Predictor
 from app.inference.reading import TextReader
 from app.tokenizer import PRESETS, Tokenizer
 
@@ -95,6 +96,30 @@ def test_async_predictions_in_batches_are_those_of_predict() -> None:
     assert batching["mean_batch_size"] > 1
     # Computed in the model process (its own caches), and still the very bits of `predict`.
     assert batching["worker_batches"] >= 1 and batching["model_process_forks"] == 1
+
+
+def shape_for_test(prediction: Prediction, info: ModelInfo) -> tuple[str, int, list[str]]:
+    # Module-level: a shape travels to the model process by name.
+    return (info.name, os.getpid(), [word.word for word in prediction.words])
+
+
+def test_shaped_predictions_are_made_in_the_model_process_from_those_of_predict() -> None:
+    predictor, reference = make_predictor(64), make_predictor(0)
+    texts = typed_texts(2, words=40)
+
+    async def all_at_once() -> list[tuple[str, int, list[str]]]:
+        shaped = predictor.predict_shaped_async
+        answers = await asyncio.gather(*(shaped(t, 3, False, shape_for_test) for t in texts))
+        await predictor.aclose()
+        return list(answers)
+
+    answers = asyncio.run(all_at_once())
+    assert [words for _, _, words in answers] == [
+        [word.word for word in reference.predict(t, 3).words] for t in texts
+    ]
+    assert {name for name, _, _ in answers} == {predictor.info.name}
+    # Most were made in the model process: another process than this one.
+    assert sum(pid != os.getpid() for _, pid, _ in answers) > len(texts) // 2
 
 
 def test_a_long_text_read_from_scratch_lets_other_requests_through() -> None:

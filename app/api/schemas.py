@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 from app.inference.predictor import ModelInfo, Prediction
 from app.serving.manager import ModelManager, Refusal, ReloadOutcome
@@ -109,6 +109,18 @@ class PredictResponse(BaseModel):
                 "model": {"name": info.name, "version": info.version},
             }
         )
+
+
+def predict_response_body(prediction: Prediction, info: ModelInfo) -> bytes:
+    """/predict's JSON body, as FastAPI would write PredictResponse.of(prediction, info).
+
+    The route hands it to the predictor (`predict_shaped_async`), which makes it in the model
+    process under load: the event loop then only sends the bytes.
+    """
+    return _PREDICT_RESPONSE.dump_json(PredictResponse.of(prediction, info))
+
+
+_PREDICT_RESPONSE = TypeAdapter(PredictResponse)
 
 
 class Status(BaseModel):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -59,9 +59,13 @@ __all__ = [
     "WordProbability",
 ]
 
-# What a request hands the batcher: its text, top_k, and the lowest id that may be offered
-# (FIRST_WORD_ID: no special tokens); it gets back an Answer (prediction.py).
-_Job = tuple[str, int, int]
+T = TypeVar("T")
+# What a caller may have made of a prediction where it is computed: see predict_shaped_async.
+Shape = Callable[[Prediction, ModelInfo], T]
+# What a request hands the batcher: its text, top_k, the lowest id that may be offered
+# (FIRST_WORD_ID: no special tokens) and its shape; it gets back an Answer (prediction.py), or
+# what its shape made of it.
+_Job = tuple[str, int, int, Shape[Any] | None]
 
 
 class Predictor:
@@ -91,12 +95,12 @@ class Predictor:
         size = options.cache_size
         self.reader = TextReader(tokenizer, cache_size=size)
         self._states = StateCache(size) if size else None
-        self._process: ModelProcess[_Job, tuple[list[Answer], dict[str, int]]] | None = (
+        self._process: ModelProcess[_Job, tuple[list[Any], dict[str, int]]] | None = (
             ModelProcess(self._in_model_process) if options.model_process else None
         )
         self._process_cache: dict[str, int] = {}  # the model process's cache figures
         self._process_held = False  # see hold_model_process
-        self._batcher: MicroBatcher[_Job, Answer] = MicroBatcher(
+        self._batcher: MicroBatcher[_Job, Any] = MicroBatcher(
             self._answers,
             options.batch_max_size,
             options.batch_max_wait_ms / 1000,
@@ -226,24 +230,30 @@ class Predictor:
         """
         return engine.softmax(engine.logits(self.weights, state), in_place=True)
 
-    def _answers(self, jobs: Sequence[_Job]) -> list[Answer]:
+    def _answers(self, jobs: Sequence[_Job]) -> list[Any]:
         """A batch's whole model work, blocking (on the loop, or in the model process)."""
-        readings = [self.reader.read(text) for text, _, _ in jobs]
+        readings = [self.reader.read(job[0]) for job in jobs]
         states = self._states_for([reading.ids for reading in readings])
         best = engine.next_words(
             self.weights, states, [job[1] for job in jobs], [job[2] for job in jobs]
         )
-        return [answer_of(reading, *ids) for reading, ids in zip(readings, best, strict=True)]
+        return [
+            self._shaped(answer_of(reading, *ids), job[3])
+            for reading, ids, job in zip(readings, best, jobs, strict=True)
+        ]
 
-    async def _answer_alone(self, job: _Job) -> Answer:
+    async def _answer_alone(self, job: _Job) -> Any:
         """One job on the event loop, yielding it on a long text (`_state_async`)."""
-        text, top_k, first = job
+        text, top_k, first, shape = job
         reading = self.reader.read(text)
         state = await self._state_async(reading.ids)
         ((ids, probabilities),) = engine.next_words(self.weights, state[None], [top_k], [first])
-        return answer_of(reading, ids, probabilities)
+        return self._shaped(answer_of(reading, ids, probabilities), shape)
 
-    async def _offload(self, jobs: Sequence[_Job]) -> list[Answer]:
+    def _shaped(self, answer: Answer, shape: Shape[Any] | None) -> Any:
+        return answer if shape is None else shape(prediction_of(self.tokenizer, answer), self.info)
+
+    async def _offload(self, jobs: Sequence[_Job]) -> list[Any]:
         assert self._process is not None
         if self._process_held and self._process.pid is None:
             return self._answers(jobs)  # no fork now: computed here, on the loop
@@ -256,12 +266,12 @@ class Predictor:
         model is in memory: a process forked then would keep a copy of that one for life."""
         self._process_held = held
 
-    def _in_model_process(self) -> Callable[[Sequence[_Job]], tuple[list[Answer], dict[str, int]]]:
+    def _in_model_process(self) -> Callable[[Sequence[_Job]], tuple[list[Any], dict[str, int]]]:
         # Run in the model process once forked: a Predictor of its own (its own caches, locks
         # and counters) on the weights and tokenizer it inherited, shared copy-on-write.
         own = Predictor(self.weights, self.tokenizer, self.info, self.options.in_model_process())
 
-        def compute(jobs: Sequence[_Job]) -> tuple[list[Answer], dict[str, int]]:
+        def compute(jobs: Sequence[_Job]) -> tuple[list[Any], dict[str, int]]:
             return own._answers(jobs), own._cache_stats()
 
         return compute
@@ -283,11 +293,23 @@ class Predictor:
         job = self._job(text, top_k, include_special)
         return prediction_of(self.tokenizer, await self._batcher.submit(job))
 
+    async def predict_shaped_async(
+        self, text: str, top_k: int, include_special: bool, shape: Shape[T]
+    ) -> T:
+        """`shape(prediction, info)` of `predict_async`'s prediction, made where the prediction
+        is computed: in the model process under load, so that the event loop only passes the
+        result on (the service's response body: building it is ~20 us a request).
+
+        `shape` is pickled to the model process with each batch: a module-level function.
+        """
+        result: T = await self._batcher.submit(self._job(text, top_k, include_special, shape))
+        return result
+
     @staticmethod
-    def _job(text: str, top_k: int, include_special: bool) -> _Job:
+    def _job(text: str, top_k: int, include_special: bool, shape: Shape[Any] | None = None) -> _Job:
         if top_k < 1:
             raise ValueError(f"top_k must be 1 or more, not {top_k}")
-        return (text, top_k, 0 if include_special else FIRST_WORD_ID)
+        return (text, top_k, 0 if include_special else FIRST_WORD_ID, shape)
 
     # --- life cycle -----------------------------------------------------------------------------
 
