@@ -151,9 +151,9 @@ def steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     counted: list[int] = []
     step = engine.rnn_step
 
-    def counting(*args: np.ndarray) -> np.ndarray:
+    def counting(*args: np.ndarray, **kwargs: np.ndarray) -> np.ndarray:
         counted.append(1)
-        return step(*args)
+        return step(*args, **kwargs)
 
     monkeypatch.setattr(engine, "rnn_step", counting)
     return counted
