@@ -1,6 +1,6 @@
 """Serving benchmark: the service against the web framework's floor and a naive Keras server.
 
-    python benchmarks/serve_bench.py            # ~3 minutes; needs `wrk` (apt-get install wrk)
+    python benchmarks/serve_bench.py            # ~6 minutes; needs `wrk` (apt-get install wrk)
 
 In one run, on this machine, one server at a time on 127.0.0.1 (each stopped by its PID):
 
@@ -16,6 +16,12 @@ It also measures, on the service: start-up (process start to GET /ready answerin
 memory, and incremental typing (a request whose text is the previous one plus a word, 500 words
 and more, against one-word requests), with the cache on and off.
 
+Figures on this VM move by up to ±20 % from one run to the next, so the service, the floor and
+the stack are measured in --rounds rounds (3), one after the other in each, each round with a
+fresh server; every figure reported is the median over the rounds, and the ratios to the floor
+are also given round by round (service and floor measured a minute apart). The naive server
+(~15 req/s) is measured once.
+
 Figures go to benchmarks/results/serve_bench.json and serve_bench.png, and to stdout.
 """
 
@@ -25,6 +31,7 @@ import argparse
 import http.client
 import json
 import platform
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -118,7 +125,8 @@ def summarise(servers: dict[str, dict[str, Any]]) -> dict[str, float]:
     for c in CONCURRENCY:
         rate = service[f"c{c}"]["requests_per_s"]
         summary[f"ratio_floor_c{c}"] = rate / floor[f"c{c}"]["requests_per_s"]
-        summary[f"ratio_naive_c{c}"] = rate / naive[f"c{c}"]["requests_per_s"]
+        if naive[f"c{c}"]["requests"]:  # none within a short --seconds: no ratio
+            summary[f"ratio_naive_c{c}"] = rate / naive[f"c{c}"]["requests_per_s"]
     summary["p50_gap_c1_ms"] = (service["c1"]["p50_us"] - floor["c1"]["p50_us"]) / 1000
     typing = service["typing"]
     summary["typing_ratio_p50"] = typing["typing_500_plus"]["p50_us"] / typing["one_word"]["p50_us"]
@@ -145,9 +153,40 @@ def summarise(servers: dict[str, dict[str, Any]]) -> dict[str, float]:
     return summary
 
 
+def median_figures(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One figures dict from several rounds': each number the median of its values."""
+    first = rounds[0]
+    if isinstance(first, dict):
+        return {key: median_figures([r[key] for r in rounds]) for key in first}
+    if isinstance(first, int | float) and not isinstance(first, bool):
+        return statistics.median(rounds)
+    return first
+
+
+def by_round(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, list[float]]:
+    """The service's ratios to the floor (and the stack's) in each round."""
+    out: dict[str, list[float]] = {}
+    for name in ("service", "stack"):
+        if name not in rounds or "floor" not in rounds:
+            continue
+        pairs = list(zip(rounds[name], rounds["floor"], strict=False))
+        for c in CONCURRENCY:
+            out[f"{name}_over_floor_c{c}"] = [
+                round(ours[f"c{c}"]["requests_per_s"] / floor[f"c{c}"]["requests_per_s"], 3)
+                for ours, floor in pairs
+            ]
+        out[f"{name}_p50_gap_c1_ms"] = [
+            round((ours["c1"]["p50_us"] - floor["c1"]["p50_us"]) / 1000, 3) for ours, floor in pairs
+        ]
+    return out
+
+
 def verdicts(summary: dict[str, float]) -> dict[str, dict[str, Any]]:
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for label, (key, sign, bound) in TARGETS.items():
+        if key not in summary:
+            out[label] = {"value": None, "met": False}
+            continue
         value = summary[key]
         met = value >= bound if sign == ">=" else value <= bound
         out[label] = {"value": round(value, 3), "met": met}
@@ -192,6 +231,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="longest run (default 8)")
     parser.add_argument("--bodies", type=int, default=40_000, help="most requests a run")
     parser.add_argument("--typing", type=int, default=800, help="requests a typing run")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of service/floor/stack")
     parser.add_argument("--skip", nargs="*", default=[], help="servers not to run (debugging)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -213,7 +253,7 @@ def main() -> None:
         "distinct_prefixes": len(prefixes),
     }
     print(f"{len(prefixes)} distinct prefixes; load average {environment['load_average_before']}")
-    servers: dict[str, dict[str, Any]] = {}
+    rounds: dict[str, list[dict[str, Any]]] = {}
     with load.scratch() as folder:
         args.scratch = folder
         tmp = Path(folder)
@@ -226,26 +266,39 @@ def main() -> None:
         slices["typing"] = load.write_bodies(typed[1:], tmp, "typing")
         cmd = commands(args.store)
         plan = [("service", cmd["service"], {}), ("floor", cmd["floor"], {}),
-                ("naive", cmd["naive"], {"TF_CPP_MIN_LOG_LEVEL": "2"}),
                 ("stack", cmd["stack"], {})]  # fmt: skip
-        for name, command, env in plan:
-            if name not in args.skip:
-                print(f"{name}:", flush=True)
-                servers[name] = measure_server(name, command, env, slices, args)
+        for number in range(1, args.rounds + 1):
+            for name, command, env in plan:
+                if name not in args.skip:
+                    print(f"{name} (round {number} of {args.rounds}):", flush=True)
+                    figures = measure_server(name, command, env, slices, args)
+                    rounds.setdefault(name, []).append(figures)
+        if "naive" not in args.skip:
+            print("naive:", flush=True)
+            env = {"TF_CPP_MIN_LOG_LEVEL": "2"}
+            rounds["naive"] = [measure_server("naive", cmd["naive"], env, slices, args)]
         if "service" not in args.skip:
             print("service, cache off (typing only):", flush=True)
             with load.serving("service_no_cache", cmd["service"], tmp / "nocache.log",
                               {"NEXTWORD_CACHE_SIZE": "0"}, 30.0) as server:  # fmt: skip
-                servers["service_no_cache"] = {"typing": measure_typing(server.port, slices, args)}
+                typing = measure_typing(server.port, slices, args)
+                rounds["service_no_cache"] = [{"typing": typing}]
+    servers = {name: median_figures(figures) for name, figures in rounds.items()}
     environment["load_average_after"] = load.load_average()
     environment["seconds"] = round(time.time() - started, 1)
-    report: dict[str, Any] = {"environment": environment, "servers": servers}
+    report: dict[str, Any] = {
+        "environment": environment,
+        "servers": servers,  # medians over the rounds
+        "by_round": by_round(rounds),
+        "rounds": rounds,
+    }
     complete = {"service", "floor", "naive"} <= servers.keys()
     if complete:
         summary = summarise(servers)
         report["summary"] = {k: round(v, 4) for k, v in summary.items()}
         report["targets"] = verdicts(summary)
         print(json.dumps(report["summary"], indent=1))
+        print("round by round:", json.dumps(report["by_round"]))
         for label, verdict in report["targets"].items():
             print(f"  {'met   ' if verdict['met'] else 'MISSED'} {label}: {verdict['value']}")
     args.out.mkdir(parents=True, exist_ok=True)
