@@ -44,8 +44,10 @@ EXIT_WAIT_S = 2.0
 ANSWER_WITHIN_S = 10.0
 # How much nicer than the server the child is. When the two (and the load) contend for the
 # cores, the event loop, which every request waits on, goes first and the child takes what is
-# left: at c=32, three runs each, 1,370-1,580 req/s at 0, 1,480-1,660 at 5, 1,590-1,730 at 10.
-NICENESS = 5
+# left. At c=32, three runs each: 1,370-1,580 req/s at 0, 1,480-1,660 at 5, 1,590-1,730 at 10
+# (an earlier engine); 2,510-2,760 at 5, 2,640-3,090 at 15, 2,770-3,010 at 19 (this one), the
+# event loop preempted 0.4-0.8 times a request at 15 against 0.6-1.3 at 5.
+NICENESS = 15
 
 
 class ModelProcessGone(WorkerGone):
