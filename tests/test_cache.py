@@ -195,6 +195,24 @@ def test_state_cache_finds_the_longest_stored_prefix() -> None:
         states.lookup((1,)).state[0] = 0  # type: ignore[index]
 
 
+def test_a_word_typed_on_after_a_line_break_is_found_without_hashing_the_whole_text(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    states = StateCache(max_entries=8)
+    text = tuple(range(1, 1001))
+    states.store(text, np.zeros(2, np.float32), cache.chain_of(text))
+    hashed: list[int] = []
+    step = cache.chain_step
+    monkeypatch.setattr(cache, "chain_step", lambda *args: hashed.append(1) or step(*args))
+    # "...\nword": <eos> and the word, two ids past the stored text; a mark split off: three.
+    for more in [(1, 7), (1, 7, 8)]:
+        assert states.lookup(text + more).length == 1000
+    assert hashed == []  # no walk over the 1,000 ids' chain hashes
+    assert states.stats()["hits"] == 2
+    assert states.lookup((*text, 1, 7, 8, 9)).length == 1000  # four: found by the walk
+    assert hashed and states.stats()["partial_hits"] == 1
+
+
 def test_a_hash_collision_never_hands_out_another_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cache, "chain_step", lambda previous, token: 7)  # every chain collides
     states = StateCache(max_entries=8)

@@ -124,11 +124,16 @@ class _Entry:
 class StateCache:
     """Hidden states by token prefix (a tuple of ids), most recently used kept.
 
-    Looking up ids tries the whole tuple and all but its last id first (two dict look-ups: the
-    type-ahead case); failing both, it walks the chain hashes of every shorter prefix, longest
-    first, through an index of the stored ones (the key itself is compared before it is used, so
-    a hash collision can never hand out another text's state).
+    Looking up ids tries the whole tuple and all but its last one to TYPED_ON ids first (a dict
+    look-up each: the type-ahead case, where a word typed on is one id, or two after a line
+    break or with a mark split off); failing those, it walks the chain hashes of every shorter
+    prefix, longest first, through an index of the stored ones (the key itself is compared
+    before it is used, so a hash collision can never hand out another text's state). The walk
+    hashes every id of the text in Python (~0.1 ms for 1,000 ids), which a word typed on after
+    a line break cost until it became one of the look-ups.
     """
+
+    TYPED_ON = 3
 
     # Keys hold at most this many ids on average (a key costs 8 bytes an id, a state 1 KiB).
     IDS_PER_ENTRY = 128
@@ -139,7 +144,7 @@ class StateCache:
         self._entries: BoundedLru[tuple[int, ...], _Entry] = BoundedLru(
             max_entries, max_entries * self.IDS_PER_ENTRY, len, self._forget_chain
         )
-        self.hits = 0  # the whole prefix, or all but its last id, was stored: type-ahead
+        self.hits = 0  # the whole prefix, or all but its last 1-3 ids, was stored: type-ahead
         self.partial_hits = 0  # a shorter prefix was (often just <eos>: a sentence start)
         self.misses = 0
 
@@ -149,18 +154,19 @@ class StateCache:
 
     def lookup(self, ids: tuple[int, ...]) -> CachedState:
         """The longest stored prefix of `ids` (all of them included)."""
+        tried = min(self.TYPED_ON, len(ids) - 1)  # ids[:-tried] is the shortest tried at once
         with self._lock:
-            for key in (ids, ids[:-1]):
+            for drop in range(tried + 1):
+                key = ids[:-drop] if drop else ids  # (a slice would be a copy to hash again)
                 entry = self._entries.get(key) if key else None
                 if entry is not None:
-                    length = len(key)
                     self.hits += 1
-                    return CachedState(length, entry.state, entry.chain)
-        if len(ids) > 2 and self._by_chain:
+                    return CachedState(len(key), entry.state, entry.chain)
+        if len(ids) - tried > 1 and self._by_chain:
             # chains[n] is the chain hash of ids[:n].
             chains = list(accumulate(ids, chain_step, initial=CHAIN_START))
             with self._lock:
-                for length in range(len(ids) - 2, 0, -1):
+                for length in range(len(ids) - tried - 1, 0, -1):
                     found = self._by_chain.get(chains[length])
                     if found is not None and len(found) == length and found == ids[:length]:
                         entry = self._entries.get(found)
