@@ -175,7 +175,9 @@ def summarise(servers: dict[str, dict[str, Any]]) -> dict[str, float]:
 
 
 def median_figures(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    """One figures dict from several rounds': each number the median of its values."""
+    """One figures dict from several rounds': each number the median of its values (anything
+    else, such as the list of typing bursts, is the first round's: every round is in the
+    report's "rounds")."""
     first = rounds[0]
     if isinstance(first, dict):
         return {key: median_figures([r[key] for r in rounds]) for key in first}

@@ -11,7 +11,7 @@ import pytest
 from conftest import TinyModel, train_tiny
 
 from app import store
-from app.inference import engine
+from app.inference import engine, top_k
 from app.inference.predictor import ModelInfo, Predictor
 from app.store import ModelStoreError
 from app.tokenizer import PRESETS, Tokenizer
@@ -30,9 +30,9 @@ def test_softmax_sums_to_one_and_survives_huge_scores() -> None:
 
 def test_top_k_is_ordered_and_deterministic() -> None:
     values = np.array([0.1, 0.4, 0.2, 0.4, 0.05], dtype=np.float32)
-    assert engine.top_k(values, 3).tolist() == [1, 3, 2]  # equal values in index order
-    assert engine.top_k(values, 10).tolist() == [1, 3, 2, 0, 4]  # k above the size: all
-    assert engine.top_k(values, 0).tolist() == []
+    assert top_k.top_k(values, 3).tolist() == [1, 3, 2]  # equal values in index order
+    assert top_k.top_k(values, 10).tolist() == [1, 3, 2, 0, 4]  # k above the size: all
+    assert top_k.top_k(values, 0).tolist() == []
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -48,7 +48,7 @@ def test_top_k_rows_is_a_full_sort_cut_short(seed: int) -> None:
         ks = [int(k) for k in rng.integers(0, 120, batch)]
         firsts = [int(f) for f in rng.integers(0, min(3, width), batch)]
         for row, (got, k, first) in enumerate(
-            zip(engine.top_k_rows(values, ks, firsts), ks, firsts, strict=True)
+            zip(top_k.top_k_rows(values, ks, firsts), ks, firsts, strict=True)
         ):
             columns = np.arange(first, width)
             expected = columns[np.lexsort((columns, -values[row, first:]))][:k]
@@ -64,7 +64,7 @@ def test_next_words_are_the_softmax_and_its_top_k() -> None:
         states, answers, [3, 1, 300], [2, 0, 2], strict=True
     ):
         full = engine.softmax(engine.logits(weights, state))
-        assert ids.tolist() == (engine.top_k(full[first:], k) + first).tolist()
+        assert ids.tolist() == (top_k.top_k(full[first:], k) + first).tolist()
         assert probabilities.tobytes() == full[ids].tobytes()
 
 
