@@ -10,6 +10,8 @@ A request goes through three stages, each with what makes it cheap when it comes
 and `predict_async` hands concurrent requests' whole model work to a MicroBatcher, which
 computes them as one batch in the model process (model_process.py), on the other core, while
 the event loop goes on with HTTP; a request alone is computed on the loop, with no hop.
+`predict_shaped_async` also makes what the caller wants of each prediction there (the service:
+its response body), so that the loop only passes it on.
 The model process has caches of its own (the same size): each process reads from its own.
 
 `predict` (blocking) and `predict_async` (on the event loop) give the same answer, bit for bit,
