@@ -44,7 +44,8 @@ FLOAT = np.float32
 # rows and 10,000 words: 1.9 ms in blocks of 64, 2.7 in blocks of 128, 3.4 ms unblocked).
 OUTPUT_BLOCK = 64
 # Batch sizes the load-time probe checks (see `_batches_keep_row_bits`): the tails of every
-# kernel width up to 16 and the usual batch sizes.
+# kernel width up to 16 and the usual batch sizes (NEXTWORD_BATCH_MAX_SIZE is 8 by default;
+# larger batches take the same kernels, checked by hand here up to 64 rows).
 PROBE_SIZES = (2, 3, 4, 5, 7, 8, 9, 13, 16, 17, 31, 32, 33)
 
 
@@ -172,7 +173,7 @@ def _blocks(kernel: np.ndarray) -> np.ndarray:
 
 def _batches_keep_row_bits(weights: RnnWeights) -> bool:
     """Whether batched products give each row of a batch the bits it gets alone, for these
-    weights' shapes and this machine's BLAS (~15 ms for a 10,000 x 256 model).
+    weights' shapes and this machine's BLAS (~25 ms for a 10,000 x 256 model).
 
     A BLAS that sums a batch in another order than a lone row (by blocking along the inner
     dimension, or with tail kernels that differ) moves the bits of almost every entry of random
