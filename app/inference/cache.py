@@ -157,7 +157,7 @@ class StateCache:
         tried = min(self.TYPED_ON, len(ids) - 1)  # ids[:-tried] is the shortest tried at once
         with self._lock:
             for drop in range(tried + 1):
-                key = ids[:-drop] if drop else ids  # (a slice would be a copy to hash again)
+                key = ids[:-drop] if drop else ids  # itself, its hash kept (ids[:-0] is empty)
                 entry = self._entries.get(key) if key else None
                 if entry is not None:
                     self.hits += 1
