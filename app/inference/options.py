@@ -22,7 +22,7 @@ class InferenceOptions:
     # Most requests computed together in one batch. Small batches keep the event loop and the
     # model process both busy (c=32, three runs each: 8 gave 2,200-2,630 req/s; 4, 1,770-1,880;
     # 16, 1,830-1,920; 32, 1,490-1,820 over six), and the output layer's product costs about
-    # as much a row at 8 rows as at 32 (~55 us).
+    # as much a row at 8 rows as at 32 (~48 us).
     batch_max_size: int = 8
     # How long a batch with company waits for more requests before it starts; a request alone
     # never waits. 0 measured best (see benchmarks/README.md).
