@@ -129,20 +129,20 @@ def _log_config(level: str) -> dict[str, Any]:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from app.inference.predictor import Predictor
+    from app.inference.loading import load_predictor
 
     if not 1 <= args.top_k <= 100:
         raise ValueError(f"--top-k must be between 1 and 100, not {args.top_k}")
     settings = model_settings(args)
-    predictor = Predictor.load(settings.model_store, settings.model_name, settings.model_version)
+    predictor = load_predictor(settings.model_store, settings.model_name, settings.model_version)
     prediction = predictor.predict(" ".join(args.text), args.top_k, args.include_special)
     info = predictor.info
-    print(f"{info.name} v{info.version} read: {' '.join(prediction.prefix.tokens)}")
-    if prediction.prefix.unknown_words:
-        print(f"unknown words: {' '.join(prediction.prefix.unknown_words)}")
-    width = max(len(item.word) for item in prediction.words)
-    for item in prediction.words:
-        print(f"  {item.word:<{width}}  {item.probability:.4f}")
+    print(f"{info.name} v{info.version} read: {' '.join(prediction.tokens)}")
+    if prediction.unknown_words:
+        print(f"unknown words: {' '.join(prediction.unknown_words)}")
+    width = max(len(word) for word in prediction.words)
+    for word, probability in zip(prediction.words, prediction.probabilities, strict=True):
+        print(f"  {word:<{width}}  {probability:.4f}")
     sys.stdout.flush()
     return 0
 

@@ -10,14 +10,16 @@
     NEXTWORD_LOG_LEVEL       critical | error | warning | info | debug        (info)
     NEXTWORD_RELOAD_INTERVAL_S   seconds between looks for a new version; 0 = never   (0)
     NEXTWORD_MAX_IN_FLIGHT       requests worked on at once; past it 503 + Retry-After (128)
-    NEXTWORD_PREDICT_TIMEOUT_S   longest wait for a prediction; past it 504            (10)
-    NEXTWORD_SHUTDOWN_TIMEOUT_S  longest wait for requests in flight on SIGTERM        (20)
+    NEXTWORD_PREDICT_TIMEOUT_S   longest wait for a prediction; past it 504            (5)
+    NEXTWORD_KEEP_ALIVE_S        how long an idle connection stays open                (75)
+    NEXTWORD_SHUTDOWN_TIMEOUT_S  longest wait for requests in flight on SIGTERM        (8)
     NEXTWORD_API_KEY         key required on /predict and /models (X-API-Key or Bearer)  (none)
     NEXTWORD_ADMIN_KEY       key for /admin/*; unset, the admin routes do not exist      (none)
     NEXTWORD_CORS_ORIGINS    comma-separated origins browsers may call from          (none)
     NEXTWORD_CACHE_SIZE      states (and texts) kept for type-ahead; 0 = no cache   (4096)
     NEXTWORD_BATCH_MAX_SIZE  most concurrent requests in one batch                  (8)
     NEXTWORD_BATCH_MAX_WAIT_MS  longest wait for a batch to fill; alone: none       (0)
+    NEXTWORD_MODEL_PROCESS   compute batches in a forked process                (true on Linux)
 
 Every value is checked when the settings are made, so a bad one stops the server before it
 starts, with a message naming the variable.
@@ -25,16 +27,19 @@ starts, with a message naming the variable.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.inference.options import MODEL_PROCESS_BY_DEFAULT
 from app.store import check_name
 
 ENV_PREFIX = "NEXTWORD_"
+# The model process is forked: on by default on Linux only, as macOS's system libraries are not
+# safe to use in a forked child (and Windows has no fork).
+MODEL_PROCESS_BY_DEFAULT = sys.platform.startswith("linux")
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 
@@ -62,9 +67,13 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=65_536, ge=1_024, le=64 * 1024 * 1024)
     # --- logging ---
     log_level: LogLevel = "info"
-    # --- inference (app.inference.options.InferenceOptions) ---
+    # --- inference (app.inference.backend) ---
+    # Texts kept with their hidden states, in each serving process: type-ahead then costs the
+    # steps of the last word only. 0 turns the cache off.
     cache_size: int = Field(default=4096, ge=0, le=1_000_000)
+    # Most concurrent requests computed as one batch (benchmarks/README.md: why 8).
     batch_max_size: int = Field(default=8, ge=1, le=1024)
+    # How long a batch with company waits for more requests; a request alone never waits.
     batch_max_wait_ms: float = Field(default=0.0, ge=0, le=100)
     # Batches computed in a forked model process on another core (off: on the event loop;
     # for a server given one CPU, where a second process only adds the hand-over).

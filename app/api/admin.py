@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from app.api.deps import ModelsDep, SettingsDep
 from app.api.errors import ModelNotReady, ModelRefused, documented
+from app.api.routes import ModelsDep, SettingsDep
 from app.api.schemas import ReloadResponse, inside_store
 
 router = APIRouter(prefix="/admin", tags=["admin"])

@@ -25,7 +25,7 @@ from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from fastapi import Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 
@@ -37,7 +37,7 @@ from app.api.middleware import (
     Load,
     OneLineStartupError,
 )
-from app.api.routes import add_model_routes, probes
+from app.api.routes import model_routes, probes
 from app.api.security import require_admin_key, require_api_key
 from app.serving.manager import ModelManager
 from app.settings import Settings, load_settings
@@ -94,14 +94,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.models = None
     app.include_router(probes)
     if settings.api_key is None:
-        add_model_routes(app)
+        include_first(app, model_routes)
     else:
-        add_model_routes(app, [Depends(require_api_key)], documented(401))
+        include_first(
+            app, model_routes, dependencies=[Depends(require_api_key)], responses=documented(401)
+        )
     if settings.admin_key is not None:  # otherwise /admin/* is not there at all: 404
         app.include_router(
             admin.router, dependencies=[Depends(require_admin_key)], responses=documented(401)
         )
-    match_first(app, "/predict")
     install_error_handlers(app)
     app.openapi = _openapi_with_limits(app, settings)  # type: ignore[method-assign]
     # Added last = outermost.
@@ -127,13 +128,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def match_first(app: FastAPI, path: str) -> None:
-    """Move the routes of `path` to the front: Starlette tries routes in order, and the docs'
-    routes, which come first, would otherwise be tried on every prediction. They must be the
-    app's own routes (not in an included router, which FastAPI keeps as one entry)."""
-    if not any(getattr(route, "path", None) == path for route in app.router.routes):
-        raise ValueError(f"the app has no route of its own at {path}")
-    app.router.routes.sort(key=lambda route: getattr(route, "path", None) != path)  # stable
+def include_first(app: FastAPI, router: APIRouter, **options: Any) -> None:
+    """`app.include_router(router, **options)`, tried first: Starlette tries routes in order,
+    and the docs' routes, which come first, would otherwise be tried on every prediction."""
+    app.include_router(router, **options)
+    app.router.routes.insert(0, app.router.routes.pop())  # FastAPI appends it as one entry
 
 
 def _openapi_with_limits(app: FastAPI, settings: Settings) -> Callable[[], dict[str, Any]]:

@@ -1,20 +1,20 @@
-"""The endpoints: each validates, calls the predictor, and shapes the answer.
+"""The endpoints, and the dependencies that hand them what the lifespan set up.
 
-`add_model_routes(app)` adds /predict and /models to an app (behind NEXTWORD_API_KEY when it is
-set); `probes` holds /health and /ready, which stay open for load balancers and orchestrators.
+Each route validates, calls one object, and shapes the answer. `/predict` and `/models` are in
+`model_routes` (behind NEXTWORD_API_KEY when it is set); `probes` holds /health and /ready,
+which stay open for load balancers and orchestrators.
+
+    POST /predict   body ─ PredictRequest ─> Query ─> backend.predict ─> Prediction ─> JSON
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import Any
+from typing import Annotated
 
-from fastapi import APIRouter, FastAPI, Request, Response
-from fastapi.params import Depends
+from fastapi import APIRouter, Depends, Request, Response
 
-from app.api.deps import ModelsDep, PredictorDep, SettingsDep, models_in
-from app.api.errors import PredictionTimedOut, TextTooLong, documented
+from app.api.errors import ModelNotReady, PredictionTimedOut, TextTooLong, documented
 from app.api.schemas import (
     ModelRef,
     ModelsResponse,
@@ -22,72 +22,86 @@ from app.api.schemas import (
     PredictResponse,
     ReadyResponse,
     Status,
-    predict_response_body,
+    predict_body,
 )
+from app.inference.backend import Backend
+from app.inference.predictor import Query
+from app.serving.manager import ModelManager
 from app.settings import Settings
 
+# --- dependencies -------------------------------------------------------------------------------
+# `async def` although they never await: FastAPI runs a plain `def` dependency in its thread
+# pool, and a thread hop per request would cost more than the whole web stack.
+
+
+async def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+async def get_models(request: Request) -> ModelManager:
+    """The model manager, once a model is being served (else a 503)."""
+    manager: ModelManager | None = request.app.state.models
+    if manager is None or manager.current is None:
+        raise ModelNotReady("the model is not loaded yet (or any more); try again shortly")
+    return manager
+
+
+async def get_backend(request: Request) -> Backend:
+    """The backend of the model served now. A request keeps it to the end, even if another
+    version is swapped in meanwhile: the old one is closed once its last request has ended."""
+    backend = (await get_models(request)).current
+    assert backend is not None  # get_models checked it
+    return backend
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ModelsDep = Annotated[ModelManager, Depends(get_models)]
+BackendDep = Annotated[Backend, Depends(get_backend)]
+
+# --- routes -------------------------------------------------------------------------------------
+
+model_routes = APIRouter()
 probes = APIRouter(tags=["operations"])
 
 
-def add_model_routes(
-    app: FastAPI,
-    dependencies: Sequence[Depends] = (),
-    responses: dict[int | str, Any] | None = None,
-) -> None:
-    """/predict and /models, on the app itself (with `dependencies` and `responses` added).
+@model_routes.post(
+    "/predict",
+    summary="Predict the next word",
+    tags=["prediction"],
+    response_model=PredictResponse,  # what the body is; predict_body writes it
+    responses=documented(400, 413, 415, 422, 503, 504),
+)
+async def predict(body: PredictRequest, backend: BackendDep, settings: SettingsDep) -> Response:
+    """The most likely next words after `text`, with the model's probabilities.
 
-    On the app, not in a router it includes: FastAPI keeps an included router as one entry that
-    is searched in turn, after the app's own routes (the docs), on every request.
+    The text is read as the model was trained: standardised as its tokenizer says, starting a
+    fresh sentence; words outside the vocabulary become the unknown token.
     """
-    state = app.state
-    guards, refusals = list(dependencies), responses or {}
+    if len(body.text) > settings.max_text_chars:
+        raise TextTooLong(len(body.text), settings.max_text_chars)
+    query = Query(body.text, body.top_k, body.include_special)
+    # Cancelled at the deadline: a query still queued is dropped; one already computing
+    # finishes there, and the 504 follows it.
+    deadline = asyncio.timeout(settings.predict_timeout_s)
+    try:
+        async with deadline:
+            prediction = await backend.predict(query)
+    except TimeoutError:
+        if not deadline.expired():
+            raise  # not ours: a bug, reported as one
+        raise PredictionTimedOut(settings.predict_timeout_s) from None
+    return Response(predict_body(prediction, backend.info), media_type="application/json")
 
-    # `async def`: the predictor keeps the event loop free itself (a request alone costs a step
-    # or two; concurrent ones are batched off the loop), with no thread-pool hop per request.
-    # No dependencies (but the API key's) and no `Request`: the app's state is this closure's.
-    # Profiled in process, FastAPI's dependency solving cost ~30 us a dependency and ~13 us for
-    # a `Request` parameter, on a route whose whole web stack costs ~70 us.
-    @app.post(
-        "/predict",
-        summary="Predict the next word",
-        tags=["prediction"],
-        dependencies=guards,
-        response_model=PredictResponse,  # what the body is: it comes already written
-        responses={**documented(400, 413, 415, 422, 503, 504), **refusals},
-    )
-    async def predict(body: PredictRequest) -> Response:
-        """The most likely next words after `text`, with the model's probabilities.
 
-        The text is read as the model was trained: lower-cased and split as its tokenizer says,
-        starting a fresh sentence; words outside the vocabulary become the unknown token.
-        """
-        settings: Settings = state.settings
-        if len(body.text) > settings.max_text_chars:
-            raise TextTooLong(len(body.text), settings.max_text_chars)
-        # The lease keeps this predictor for the whole request, even if a new version is
-        # swapped in meanwhile.
-        async with models_in(state).lease() as predictor:
-            # Cancelled at the deadline: an await on a batch ends at once; work already off the
-            # loop finishes there, and the 504 follows it.
-            deadline = asyncio.timeout(settings.predict_timeout_s)
-            try:
-                async with deadline:
-                    content = await predictor.predict_shaped_async(
-                        body.text, body.top_k, body.include_special, predict_response_body
-                    )
-            except TimeoutError:
-                if not deadline.expired():
-                    raise  # not ours: a bug, reported as one
-                raise PredictionTimedOut(settings.predict_timeout_s) from None
-            return Response(content, media_type="application/json")
-
-    app.get(
-        "/models",
-        summary="The model being served (sizes, architecture, metrics) and the versions refused",
-        tags=["models"],
-        dependencies=guards,
-        responses={**documented(503), **refusals},
-    )(models)
+@model_routes.get(
+    "/models",
+    summary="The model being served (sizes, architecture, metrics) and the versions refused",
+    tags=["models"],
+    responses=documented(503),
+)
+async def models(models: ModelsDep, settings: SettingsDep) -> ModelsResponse:
+    return ModelsResponse.of(models, settings.model_store)
 
 
 @probes.get("/health", summary="The process is alive")
@@ -100,11 +114,7 @@ async def health(request: Request) -> Status:
     summary="The model is loaded and requests are answered",
     responses=documented(503),
 )
-async def ready(predictor: PredictorDep) -> ReadyResponse:
+async def ready(backend: BackendDep) -> ReadyResponse:
     return ReadyResponse(
-        status="ready", model=ModelRef(name=predictor.info.name, version=predictor.info.version)
+        status="ready", model=ModelRef(name=backend.info.name, version=backend.info.version)
     )
-
-
-async def models(models: ModelsDep, settings: SettingsDep) -> ModelsResponse:
-    return ModelsResponse.of(models, settings.model_store)

@@ -8,14 +8,14 @@
     prediction whose probabilities must be finite
       │  any failure: refused with one log line and remembered; the old model keeps serving
       ▼
-    swap one reference: requests that already hold the old predictor finish on it
+    swap one reference (`current`): requests that already hold the old backend finish on it
       ▼
     retire the old one: wait until its requests in flight reach 0, then `aclose()` it
 
-Requests in flight are counted per loaded version (`lease`) rather than guessed with a grace
-delay: the old weights are freed as soon as the last request on them ends, and never while one
-still reads them. The wait is capped (the request time-out plus a margin) so that a stuck
-request cannot keep an old model in memory for ever.
+Requests in flight are counted by each backend rather than guessed with a grace delay: the old
+weights are freed as soon as the last request on them ends, and never while one still reads
+them. The wait is capped (the request time-out plus a margin) so that a stuck request cannot
+keep an old model in memory for ever.
 """
 
 from __future__ import annotations
@@ -24,19 +24,20 @@ import asyncio
 import gc
 import hashlib
 import logging
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from anyio import to_thread
+from threadpoolctl import threadpool_limits
 
 from app import store
-from app.inference.options import InferenceOptions
+from app.inference.backend import Backend
+from app.inference.loading import load_predictor, probe
 from app.inference.predictor import Predictor
 from app.serving.memory import release_large_frees_to_the_os, trim_free_memory
 from app.settings import Settings
@@ -52,21 +53,11 @@ RETIRE_MARGIN_S = 5.0
 Loader = Callable[[Settings, int], Predictor]
 
 
-def load_predictor(settings: Settings, version: int) -> Predictor:
-    """The one place a version becomes a Predictor (blocking: call it in a worker thread)."""
-    options = InferenceOptions.from_settings(settings)  # caches and batching, per predictor
-    return Predictor.load(settings.model_store, settings.model_name, version, options=options)
-
-
-def probe(predictor: Predictor) -> None:
-    """One real prediction; a model whose weights load but compute nonsense is refused here."""
-    words = predictor.predict("", top_k=1, include_special=True).words
-    top = words[0].probability if words else math.nan
-    if not (math.isfinite(top) and 0.0 < top <= 1.0):
-        raise ModelStoreError(
-            f"{predictor.info.path / store.WEIGHTS}: the probe prediction gave a probability of "
-            f"{top!r} (weights not finite?): copy the version folder again or retrain"
-        )
+def load_version(settings: Settings, version: int) -> Predictor:
+    """The default Loader: one version of the configured model, from the store (blocking)."""
+    return load_predictor(
+        settings.model_store, settings.model_name, version, cache_size=settings.cache_size
+    )
 
 
 def fingerprint(path: Path) -> str:
@@ -87,42 +78,6 @@ def fingerprint(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-@dataclass
-class Served:
-    """A loaded version and the requests that are using it."""
-
-    predictor: Predictor
-    fingerprint: str
-    loaded_at: float  # Unix time
-    in_flight: int = 0
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def __post_init__(self) -> None:
-        self.idle.set()
-
-
-class Lease:
-    """Counts a request in flight on a loaded version while it lasts. A plain class, not an
-    `asynccontextmanager`: it is entered on every prediction, and a generator costs more."""
-
-    __slots__ = ("served",)
-
-    def __init__(self, served: Served) -> None:
-        self.served = served
-
-    async def __aenter__(self) -> Predictor:
-        served = self.served
-        served.in_flight += 1
-        served.idle.clear()
-        return served.predictor
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        served = self.served
-        served.in_flight -= 1
-        if served.in_flight == 0:
-            served.idle.set()
-
-
 @dataclass(frozen=True)
 class Refusal:
     version: int | None  # None: 'latest' found no version (e.g. the store is empty)
@@ -139,47 +94,39 @@ class ReloadOutcome:
 
 
 class ModelManager:
-    """Holds the served model; loads, checks and swaps in new versions; retires old ones.
+    """Holds the served model's backend; loads, checks and swaps in new versions; retires
+    old ones.
 
-    All methods run on the event loop (one thread), so the counters need no lock; blocking file
-    and model work goes to worker threads.
+    All methods run on the event loop (one thread); blocking file and model work goes to
+    worker threads. `current` is a plain attribute, read on every request.
     """
 
-    def __init__(self, settings: Settings, load: Loader | None = None) -> None:
+    def __init__(self, settings: Settings, load: Loader = load_version) -> None:
         self.settings = settings
-        self._load = load or load_predictor
-        self._served: Served | None = None
+        self.current: Backend | None = None
+        self._fingerprint = ""  # of the folder `current` was loaded from
+        self._load = load
         self._refused: OrderedDict[int | None, Refusal] = OrderedDict()
         self._reloading = asyncio.Lock()  # a poll and an admin request never load at once
         self._retiring: set[asyncio.Task[None]] = set()
         self._poller: asyncio.Task[None] | None = None
 
-    # --- what routes see ---------------------------------------------------------------------
-
-    @property
-    def current(self) -> Predictor | None:
-        return self._served.predictor if self._served else None
-
     def refusals(self) -> list[Refusal]:
         """Refused versions, most recent first."""
         return list(reversed(self._refused.values()))
-
-    def lease(self) -> Lease:
-        """The current predictor for one request (`async with manager.lease() as predictor`);
-        it is not closed until the request ends."""
-        served = self._served
-        if served is None:
-            raise ModelStoreError("no model is loaded")
-        return Lease(served)
 
     # --- life cycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Load the configured version; any problem raises ModelStoreError (start-up fails)."""
         release_large_frees_to_the_os()  # or every swap would keep the old weights' memory
+        # One BLAS thread: concurrency comes from the requests, and a second thread on these
+        # small products only contends with the event loop and the model process for the cores.
+        threadpool_limits(1, user_api="blas")
         number, path = await to_thread.run_sync(self._resolve, None)
-        self._served = await self._load_checked(number, await to_thread.run_sync(fingerprint, path))
-        info = self._served.predictor.info
+        self._fingerprint = await to_thread.run_sync(fingerprint, path)
+        self.current = await self._load_checked(number)
+        info = self.current.info
         logger.info(
             "serving model %s v%d from %s (vocabulary %d)",
             info.name, info.version, info.path, info.vocabulary_size,
@@ -194,7 +141,7 @@ class ModelManager:
             self._poller.cancel()
             with suppress(asyncio.CancelledError):
                 await self._poller
-        served, self._served = self._served, None
+        served, self.current = self.current, None
         if served is not None:
             await self._retire(served)
         if self._retiring:
@@ -223,30 +170,32 @@ class ModelManager:
             self._release_if_alone()
 
     async def _reload(self, version: int | None, force: bool) -> ReloadOutcome:
-        _hold(self.current, True)  # another model may soon be in memory beside it
+        if self.current is not None:
+            self.current.hold_process(True)  # another model may soon be in memory beside it
         try:
             number, path = await to_thread.run_sync(self._resolve, version)
         except ModelStoreError as error:  # no such version, or a path out of the store
             return self._refuse(version, "", str(error))
         print_ = await to_thread.run_sync(fingerprint, path)
-        served = self._served
-        if served and (served.predictor.info.version, served.fingerprint) == (number, print_):
+        old = self.current
+        if old and (old.info.version, self._fingerprint) == (number, print_):
             return ReloadOutcome("unchanged", number)
         known = self._refused.get(number)
         if not force and known is not None and known.fingerprint == print_:
             return ReloadOutcome("refused", number, known.reason)
         try:
-            fresh = await self._load_checked(number, print_)
+            fresh = await self._load_checked(number)
         except ModelStoreError as error:
             return self._refuse(number, print_, str(error))
         except Exception as error:  # a bug or MemoryError: refused too, with its traceback
             logger.exception("loading model %s v%d failed", self.settings.model_name, number)
             return self._refuse(number, print_, f"{type(error).__name__}: {error}")
-        old, self._served = self._served, fresh  # the swap: one reference, atomic
+        old, self.current = self.current, fresh  # the swap: one reference, atomic
+        self._fingerprint = print_
         self._refused.pop(number, None)
         logger.info(
             "now serving model %s v%d (was v%s)",
-            self.settings.model_name, number, old.predictor.info.version if old else "-",
+            self.settings.model_name, number, old.info.version if old else "-",
         )  # fmt: skip
         if old is not None:
             task = asyncio.create_task(self._retire(old))
@@ -265,15 +214,18 @@ class ModelManager:
             )
         return int(path.name), path
 
-    async def _load_checked(self, number: int, print_: str) -> Served:
+    async def _load_checked(self, number: int) -> Backend:
         predictor = await to_thread.run_sync(self._load, self.settings, number)
-        _hold(predictor, True)  # until it is the only model in memory (_release_if_alone)
-        try:
-            await to_thread.run_sync(probe, predictor)
-        except BaseException:
-            await _close(predictor)
-            raise
-        return Served(predictor, print_, time.time())
+        await to_thread.run_sync(probe, predictor)
+        settings = self.settings
+        backend = Backend(
+            predictor,
+            max_batch=settings.batch_max_size,
+            max_wait_s=settings.batch_max_wait_ms / 1000,
+            model_process=settings.model_process,
+        )
+        backend.hold_process(True)  # until it is the only model in memory (_release_if_alone)
+        return backend
 
     def _refuse(self, number: int | None, print_: str, reason: str) -> ReloadOutcome:
         known = self._refused.pop(number, None)
@@ -289,16 +241,17 @@ class ModelManager:
             self._refused.popitem(last=False)
         return ReloadOutcome("refused", number, reason)
 
-    async def _retire(self, old: Served) -> None:
+    async def _retire(self, old: Backend) -> None:
         grace = self.settings.predict_timeout_s + RETIRE_MARGIN_S
-        try:
-            await asyncio.wait_for(old.idle.wait(), timeout=grace)
-        except TimeoutError:
+        if not await old.wait_idle(grace):
             logger.warning(
                 "closing model v%d with %d requests still in flight after %.0f s",
-                old.predictor.info.version, old.in_flight, grace,
+                old.info.version, old.in_flight, grace,
             )  # fmt: skip
-        await _close(old.predictor)
+        try:
+            await old.aclose()
+        except Exception:
+            logger.exception("closing model v%d failed", old.info.version)
         del old
         # The old model's objects, cycles included, before the pages go back. The objects of
         # start-up are frozen out of the collector's sight (app.api.app); a model loaded then
@@ -311,29 +264,10 @@ class ModelManager:
 
     def _release_if_alone(self) -> None:
         """Let the current model fork its model process once no other model is in memory (no
-        load under way, none being retired: see Predictor.hold_model_process)."""
+        load under way, none being retired: see Backend.hold_process)."""
         me = asyncio.current_task()
         busy = self._reloading.locked() or any(
             not task.done() and task is not me for task in self._retiring
         )
-        if not busy:
-            _hold(self.current, False)
-
-
-def _hold(predictor: Any, held: bool) -> None:
-    # getattr: a test's stand-in predictor has no model process.
-    hold = getattr(predictor, "hold_model_process", None)
-    if hold is not None:
-        hold(held)
-
-
-async def _close(predictor: Any) -> None:
-    # getattr: a predictor without aclose() (before batching came, or a test's stand-in) holds
-    # nothing that needs closing.
-    close = getattr(predictor, "aclose", None)
-    if close is None:
-        return
-    try:
-        await close()
-    except Exception:
-        logger.exception("closing model v%d failed", predictor.info.version)
+        if not busy and self.current is not None:
+            self.current.hold_process(False)

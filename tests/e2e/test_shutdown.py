@@ -18,8 +18,9 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import OBJECTS, REPO, SUBJECTS, VERBS, TinyModel, serving
 from fastapi.testclient import TestClient
+from support.models import OBJECTS, SUBJECTS, VERBS, TinyModel
+from support.server import REPO, serving
 from test_api import FakePredictor, FixedModels, settings_for
 
 from app.api.app import create_app

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 import schemathesis
-from conftest import TinyModel
 from hypothesis import HealthCheck, settings
 from schemathesis.config import SchemathesisConfig
+from support.models import TinyModel
 
 from app.api.app import create_app
 from app.settings import Settings

@@ -14,7 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import REPO, TinyModel, free_port, serving
+from support.models import TinyModel
+from support.server import REPO, free_port, serving
 
 from app import serve_cli
 from app.cli import main

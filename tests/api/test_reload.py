@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TinyModel
 from fastapi.testclient import TestClient
+from support.models import TinyModel
 from test_model_faults import MODEL_FAULTS, ModelFault
 
 from app import store

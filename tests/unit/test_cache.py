@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from app.inference.cache import BoundedLru, StateCache
+from app.inference.reading import TextReader
 
 from app.inference import cache, engine
-from app.inference.cache import BoundedLru, StateCache
 from app.inference.predictor import InferenceOptions, ModelInfo, Prediction, Predictor
-from app.inference.reading import TextReader
 from app.tokenizer import PRESETS, Tokenizer
 
 WORDS = ["the", "cat", "sees", "a", "dog", "n", "café", "don't", "state-of-the-art", "x"]

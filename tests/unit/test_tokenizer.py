@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support.models import SHARED_DATA
 
 from app.tokenizer import PRESETS, Tokenizer, TokenizerConfig, TokenizerError, standardise
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 PTB_LINES = [
     " aer banknote berlitz calloway centrust cluett fromstein gitano guterman hydro-quebec ",

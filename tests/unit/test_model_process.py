@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
-
 from app.inference.batcher import WorkerGone
+
 from app.inference.model_process import (
     NICENESS,
     ModelProcess,

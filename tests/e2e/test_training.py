@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TinyModel, patterned_lines, train_tiny
+from support.models import TinyModel, patterned_lines, train_tiny
 
 from app import store
 from app.cli import main

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TinyModel, train_tiny
+from support.models import TinyModel, train_tiny
 
 from app import store
 from app.inference import engine, top_k

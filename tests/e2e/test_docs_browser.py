@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Server, TinyModel, serving
+from support.models import TinyModel
+from support.server import Server, serving
 
 CHROMIUM = Path("/usr/bin/chromium")
 

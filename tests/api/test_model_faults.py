@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TinyModel
 from fastapi.testclient import TestClient
+from support.models import TinyModel
 
 from app import store
 from app.api.app import create_app

@@ -11,7 +11,6 @@ import time
 from collections.abc import Sequence
 
 import pytest
-
 from app.inference.batcher import MicroBatcher, WorkerGone
 
 

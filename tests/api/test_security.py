@@ -8,8 +8,9 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import TinyModel, serving
 from fastapi.testclient import TestClient
+from support.models import TinyModel
+from support.server import serving
 
 from app.api.app import create_app
 from app.settings import Settings, SettingsError, load_settings

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from conftest import TinyModel
 from fastapi.testclient import TestClient
 from starlette.types import Message
+from support.models import TinyModel
 
 from app import store
 from app.api.app import create_app
