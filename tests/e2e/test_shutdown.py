@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,45 +20,43 @@ import pytest
 from fastapi.testclient import TestClient
 from support.models import OBJECTS, SUBJECTS, VERBS, TinyModel
 from support.server import REPO, serving
-from test_api import FakePredictor, FixedModels, settings_for
 
 from app.api.app import create_app
-from app.inference.predictor import Prediction
+from app.api.routes import get_backend
+from app.inference.predictor import ModelInfo, Prediction, Query
+from app.settings import Settings
 
 pytestmark = pytest.mark.slow
 
 # --- overload and time-outs: refused at once, never queued without bound -----------------------
 
 
-class BlockingPredictor(FakePredictor):
-    """Holds every prediction until `release` is set (or 10 s pass)."""
+class BlockingBackend:
+    """A stand-in backend that holds every prediction until `release` is set (or 10 s pass)."""
+
+    info = ModelInfo("blocking", 1, Path("blocking/1"), 3, {}, {})
 
     def __init__(self) -> None:
-        super().__init__()
-        self.release = threading.Event()
-        self.started = threading.Semaphore(0)
+        self.release = asyncio.Event()
+        self.started = 0
+        self.texts: list[str] = []
 
-    def predict(self, text: str, top_k: int = 5, include_special: bool = False) -> Prediction:
-        self.started.release()
-        self.release.wait(timeout=10)
-        return super().predict(text, top_k, include_special)
-
-    async def predict_async(
-        self, text: str, top_k: int = 5, include_special: bool = False
-    ) -> Prediction:
-        return await asyncio.to_thread(self.predict, text, top_k, include_special)
+    async def predict(self, query: Query) -> Prediction:
+        self.started += 1
+        self.texts.append(query.text)
+        async with asyncio.timeout(10):
+            await self.release.wait()
+        return Prediction(("word",), (1.0,), ("<eos>",), ())
 
 
-def _app_with(predictor: FakePredictor, tiny_model: TinyModel, **settings: Any) -> Any:
-    # Run without its lifespan (httpx.ASGITransport does not start one), so nothing replaces
-    # the stand-in.
-    app = create_app(settings_for(tiny_model, **settings))
-    app.state.models = FixedModels(predictor)
+def _app_with(backend: BlockingBackend, tiny_model: TinyModel, **settings: Any) -> Any:
+    app = create_app(Settings(model_store=tiny_model.store, model_name=tiny_model.name, **settings))
+    app.dependency_overrides[get_backend] = lambda: backend
     return app
 
 
 def test_past_max_in_flight_the_answer_is_503_at_once(tiny_model: TinyModel) -> None:
-    blocking = BlockingPredictor()
+    blocking = BlockingBackend()
     app = _app_with(blocking, tiny_model, max_in_flight=2)
 
     async def scenario() -> tuple[list[httpx.Response], httpx.Response, httpx.Response]:
@@ -69,8 +66,9 @@ def test_past_max_in_flight_the_answer_is_503_at_once(tiny_model: TinyModel) -> 
                 asyncio.create_task(client.post("/predict", json={"text": f"held {n}"}))
                 for n in range(2)
             ]
-            for _ in range(2):  # both are inside the model now
-                await asyncio.to_thread(blocking.started.acquire, timeout=10)
+            async with asyncio.timeout(10):
+                while blocking.started < 2:  # both are inside the backend now
+                    await asyncio.sleep(0.01)
             refused = await client.post("/predict", json={"text": "one too many"})
             health = await client.get("/health")  # probes are never refused
             blocking.release.set()
@@ -82,20 +80,18 @@ def test_past_max_in_flight_the_answer_is_503_at_once(tiny_model: TinyModel) -> 
     assert refused.headers["retry-after"] == "1"
     assert refused.json()["error"] == "overloaded"
     assert health.status_code == 200
-    assert sorted(call[0] for call in blocking.calls) == ["held 0", "held 1"]  # not the third
+    assert sorted(blocking.texts) == ["held 0", "held 1"]  # not the third
 
 
 def test_a_prediction_past_its_time_out_is_a_504(tiny_model: TinyModel) -> None:
-    blocking = BlockingPredictor()
+    blocking = BlockingBackend()
     app = _app_with(blocking, tiny_model, predict_timeout_s=0.2)
-    # The test client waits for the whole request to end, which is when the model work does.
-    threading.Timer(1.0, blocking.release.set).start()
     with TestClient(app) as client:
-        app.state.models = FixedModels(blocking)  # the lifespan has put the real model there
         response = client.post("/predict", json={"text": "slow"})
     assert response.status_code == 504, response.text
     assert response.json()["error"] == "timeout"
     assert "NEXTWORD_PREDICT_TIMEOUT_S" in response.json()["message"]
+    assert blocking.texts == ["slow"]
 
 
 # --- graceful shutdown ------------------------------------------------------------------------
