@@ -5,9 +5,9 @@
     python benchmarks/bench_servers.py stack --port 8103 [--store model_store --name ptb]
 
 floor: the framework's own ceiling. A FastAPI app of the class the service uses, with an
-`async def` POST /predict that validates the same request model (PredictRequest) and builds the
-same response model (PredictResponse.of) from constants: every cost of the service except the
-model, the middleware and the dependencies.
+`async def` POST /predict that validates the same request model (PredictRequest) and writes the
+same body (schemas.predict_body) from a constant prediction: every cost of the service except
+the model, the middleware and the dependencies.
 
 naive: what one would write first. The same route, as a plain `def` (FastAPI's thread pool),
 reading the text with the service's own tokenizer rules and calling the Keras model's
@@ -15,8 +15,7 @@ reading the text with the service's own tokenizer rules and calling the Keras mo
 
 stack: not a target, a diagnosis. The service's own app (`create_app`: its middleware, routes,
 dependencies, model manager and error handling), the model loaded as usual, but
-`Predictor.predict_shaped_async` answering constants: what the service costs apart from the
-model.
+`Backend.predict` answering a constant prediction: what the service costs apart from the model.
 
 All run under uvicorn with the settings `nextword serve` uses (one worker, uvicorn's default
 event loop and HTTP parser: uvloop and httptools when installed, log level info with the access
@@ -27,33 +26,23 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 from fastapi_offline import FastAPIOffline
 
-from app.api.app import match_first
-from app.api.schemas import PredictRequest, PredictResponse
-from app.inference.predictor import ModelInfo, Prediction, Prefix, WordProbability
+from app.api.schemas import PredictRequest, PredictResponse, predict_body
+from app.inference.predictor import ModelInfo, Prediction, Query
 
 # The README's example answer: five words and a six-token prefix, a typical response's size.
 CONSTANT = Prediction(
-    words=[
-        WordProbability("a", 0.22669744),
-        WordProbability("to", 0.1880451),
-        WordProbability("the", 0.10636597),
-        WordProbability("its", 0.04106777),
-        WordProbability("an", 0.034309693),
-    ],
-    prefix=Prefix(
-        ids=[1, 2, 3, 4, 5, 6],
-        tokens=["<eos>", "the", "company", "said", "it", "expects"],
-        unknown_words=[],
-    ),
+    words=("to", "a", "the", "its", "an"),
+    probabilities=(0.57105243, 0.08370883, 0.06800114, 0.028622506, 0.017542979),
+    tokens=("<eos>", "the", "company", "said", "it", "expects"),
+    unknown_words=(),
 )
-CONSTANT_INFO = ModelInfo("ptb", 1, Path("."), 10_000, {}, {})
+CONSTANT_INFO = ModelInfo("ptb", 3, Path("."), 10_000, {}, {})
 
 
 async def _ready() -> dict[str, str]:
@@ -64,11 +53,12 @@ def floor_app() -> FastAPI:
     app = FastAPIOffline(title="floor")
     app.get("/ready")(_ready)
 
-    @app.post("/predict")
-    async def predict(body: PredictRequest) -> PredictResponse:
-        return PredictResponse.of(CONSTANT, CONSTANT_INFO)
+    @app.post("/predict", response_model=PredictResponse)
+    async def predict(body: PredictRequest) -> Response:
+        return Response(predict_body(CONSTANT, CONSTANT_INFO), media_type="application/json")
 
-    match_first(app, "/predict")  # as the service does: the floor stays a ceiling
+    # As the service does: /predict tried first, so the floor stays a ceiling.
+    app.router.routes.insert(0, app.router.routes.pop())
     return app
 
 
@@ -78,46 +68,50 @@ def naive_app(store: Path, name: str, version: str) -> FastAPI:
     import numpy as np
 
     import app.training.model  # registers the custom output layer, for loading
-    from app.inference.predictor import FIRST_WORD_ID, Predictor
+    from app.inference.loading import load_predictor
+    from app.inference.predictor import FIRST_WORD_ID
 
-    # The NumPy predictor is loaded only for its tokenizer and prefix rules; Keras computes.
-    reader = Predictor.load(store, name, version)
+    # The NumPy predictor is loaded only for its tokenizer and reading rules; Keras computes.
+    reader = load_predictor(store, name, version, cache_size=0)
     model = keras.saving.load_model(reader.info.path / "model.keras")
     hidden = int(reader.info.architecture["hidden_units"])
     vocabulary = reader.tokenizer.vocabulary
     app = FastAPIOffline(title="naive")
     app.get("/ready")(_ready)
 
-    @app.post("/predict")
-    def predict(body: PredictRequest) -> PredictResponse:
-        prefix = reader.prefix(body.text)
-        tokens = np.array([prefix.ids], dtype=np.int32)
+    @app.post("/predict", response_model=PredictResponse)
+    def predict(body: PredictRequest) -> Response:
+        reading = reader.read(body.text)
+        tokens = np.array([reading.ids], dtype=np.int32)
         scores, _ = model.predict([tokens, np.zeros((1, hidden), np.float32)], verbose=0)
         last = scores[0, -1].astype(np.float64)  # (vocab,)
         probabilities = np.exp(last - last.max())
         probabilities /= probabilities.sum()
         first = 0 if body.include_special else FIRST_WORD_ID
         best = np.argsort(-probabilities[first:], kind="stable")[: body.top_k] + first
-        words = [WordProbability(vocabulary[i], float(probabilities[i])) for i in best]
-        return PredictResponse.of(Prediction(words, prefix), reader.info)
+        prediction = Prediction(
+            tuple(vocabulary[i] for i in best),
+            tuple(float(probabilities[i]) for i in best),
+            reading.tokens,
+            reading.unknown_words,
+        )
+        return Response(predict_body(prediction, reader.info), media_type="application/json")
 
     return app
 
 
-async def _constant_prediction(
-    self: object, text: str, top_k: int, include_special: bool, shape: Callable[..., Any]
-) -> Any:
-    return shape(CONSTANT, CONSTANT_INFO)  # the response body, built here on the loop
+async def _constant_prediction(self: object, query: Query) -> Prediction:
+    return CONSTANT
 
 
 def stack_app(store: Path, name: str) -> FastAPI:
     from app.api.app import create_app
-    from app.inference.predictor import Predictor
+    from app.inference.backend import Backend
     from app.settings import load_settings
 
     # On the class, not through dependency_overrides: FastAPI analyses an override's signature
     # again on every request, which would cost more than what is measured.
-    Predictor.predict_shaped_async = _constant_prediction  # type: ignore[method-assign]
+    Backend.predict = _constant_prediction  # type: ignore[method-assign]
     return create_app(load_settings(model_store=store, model_name=name))
 
 

@@ -39,7 +39,7 @@ from typing import Any
 
 import bench_load as load
 
-from app.inference.batcher import BUSY_WINDOW_S
+from app.inference.backend import BUSY_WINDOW_S
 
 RESULTS = Path(__file__).with_name("results")
 CONCURRENCY = (1, 32, 64)
@@ -118,7 +118,7 @@ def measure_typing(port: int, slices: dict[str, Any], args: Any) -> dict[str, An
     bursts (TYPING_BURSTS of each). A c=1 p50 moves by ±20 % from one second to the next on
     this VM, so each typing burst is compared with the one-word burst just before it, and the
     ratio reported is the median of those."""
-    # Past the batcher's busy window after the loads before: requests alone are computed on the
+    # Past the backend's busy window after the loads before: requests alone are computed on the
     # event loop, as a lone user's are (in the window they would go to the model process).
     time.sleep(2 * BUSY_WINDOW_S)
     post(port, args.typing_prime)  # the first typed text's prefix minus its last word
