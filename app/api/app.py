@@ -67,8 +67,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await manager.start()  # loads and checks the model; raises ModelStoreError if it cannot
     app.state.models = manager
     # Everything made so far (the app, its libraries, the model) lives as long as the server:
-    # the cyclic garbage collector need not walk it again. Its full passes cost ~40 ms each,
-    # and ~8 % of the event loop's time under load (measured with gc.callbacks at c=32).
+    # the cyclic garbage collector need not walk it again: its full passes over everything
+    # loaded would otherwise stall the event loop under load.
     gc.freeze()
     try:
         yield

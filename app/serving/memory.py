@@ -2,11 +2,11 @@
 
 glibc's malloc raises its mmap threshold each time a large mmapped block is freed, so after the
 first model swap the next model's arrays come from the heap arenas of whichever worker thread
-loaded them, and are kept there when freed. Measured with the PTB model: resident memory grew
-by ~25 MiB at every swap. A fixed threshold keeps arrays of that size mmapped, and `free`
-unmaps them; `malloc_trim` then returns the free pages the old model's smaller objects leave
-(its caches, its vocabulary). benchmarks/soak.py: +9 % after two swaps without the trim, +5 %
-with it, most of it the new model's caches filling. Per-request work is unaffected.
+loaded them, and are kept there when freed: resident memory then grows by about a model's
+weights at every swap. A fixed threshold keeps arrays of that size mmapped, and `free` unmaps
+them; `malloc_trim` then returns the free pages the old model's smaller objects leave (its
+cache, its vocabulary). benchmarks/soak.py measures memory across swaps. Per-request work is
+unaffected.
 """
 
 from __future__ import annotations
