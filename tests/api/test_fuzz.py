@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from pydantic import SecretStr
 from schemathesis.config import SchemathesisConfig
 from support.models import TinyModel
 
@@ -46,8 +47,8 @@ def api_schema(tiny_model: TinyModel) -> Iterator[Any]:
             model_store=tiny_model.store,
             model_name=tiny_model.name,
             model_version="latest",
-            api_key=API_KEY,
-            admin_key=ADMIN_KEY,
+            api_key=SecretStr(API_KEY),
+            admin_key=SecretStr(ADMIN_KEY),
         )
     )
     # from_asgi runs the app's lifespan itself (the model is loaded) and calls it in-process.

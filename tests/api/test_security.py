@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +23,21 @@ ADMIN_KEY = "admin-key-with-enough-characters-2"
 TEXT = {"text": "the cat"}
 
 
-def _app(model: TinyModel, **settings: object) -> TestClient:
-    return TestClient(
-        create_app(
-            Settings(model_store=model.store, model_name=model.name, **settings)  # type: ignore[arg-type]
-        )
-    )
+@pytest.fixture(scope="module")
+def app_for(
+    tiny_model: TinyModel, settings_for: Callable[..., Settings]
+) -> Callable[..., TestClient]:
+    """`app_for(**settings)`: a client of the app serving the tiny model with these settings."""
+
+    def make(**settings: Any) -> TestClient:
+        return TestClient(create_app(settings_for(tiny_model, **settings)))
+
+    return make
 
 
 @pytest.fixture(scope="module")
-def keyed(tiny_model: TinyModel) -> Iterator[TestClient]:
-    with _app(tiny_model, api_key=API_KEY, admin_key=ADMIN_KEY) as client:
+def keyed(app_for: Callable[..., TestClient]) -> Iterator[TestClient]:
+    with app_for(api_key=API_KEY, admin_key=ADMIN_KEY) as client:
         yield client
 
 
@@ -79,14 +83,14 @@ def test_probes_and_docs_need_no_key(keyed: TestClient) -> None:
 
 
 def test_the_documented_security_is_what_is_enforced(
-    keyed: TestClient, tiny_model: TinyModel
+    keyed: TestClient, app_for: Callable[..., TestClient]
 ) -> None:
     spec = keyed.get("/openapi.json").json()
     assert set(spec["components"]["securitySchemes"]) == {"ApiKey", "Bearer"}
     assert spec["paths"]["/predict"]["post"]["security"] == [{"ApiKey": []}, {"Bearer": []}]
     assert "401" in spec["paths"]["/predict"]["post"]["responses"]
     assert "security" not in spec["paths"]["/health"]["get"]
-    with _app(tiny_model) as open_client:  # no key set: nothing declared, nothing required
+    with app_for() as open_client:  # no key set: nothing declared, nothing required
         open_spec = open_client.get("/openapi.json").json()
         assert "securitySchemes" not in open_spec.get("components", {})
         assert open_client.post("/predict", json=TEXT).status_code == 200
@@ -95,8 +99,10 @@ def test_the_documented_security_is_what_is_enforced(
 # --- admin routes --------------------------------------------------------------------------------
 
 
-def test_admin_routes_do_not_exist_without_an_admin_key(tiny_model: TinyModel) -> None:
-    with _app(tiny_model, api_key=API_KEY) as client:
+def test_admin_routes_do_not_exist_without_an_admin_key(
+    app_for: Callable[..., TestClient],
+) -> None:
+    with app_for(api_key=API_KEY) as client:
         response = client.post("/admin/reload", headers={"X-API-Key": API_KEY})
         assert response.status_code == 404
         assert response.json()["error"] == "not_found"
@@ -115,7 +121,7 @@ def test_admin_routes_always_need_the_admin_key(
     response = keyed.post("/admin/reload", headers=headers)
     assert response.status_code == status, response.text
     if status == 200:
-        assert response.json()["status"] == "unchanged"
+        assert response.json() == {"status": "unchanged", "model": {"name": "tiny", "version": 1}}
 
 
 @pytest.mark.parametrize(
@@ -158,14 +164,16 @@ def test_an_unusable_store_never_reaches_outside(tmp_path: Path) -> None:
 # --- CORS ----------------------------------------------------------------------------------------
 
 
-def test_cors_is_off_unless_origins_are_set(tiny_model: TinyModel, keyed: TestClient) -> None:
+def test_cors_is_off_unless_origins_are_set(
+    app_for: Callable[..., TestClient], keyed: TestClient
+) -> None:
     preflight = {
         "Origin": "https://app.example",
         "Access-Control-Request-Method": "POST",
         "Access-Control-Request-Headers": "content-type,x-api-key",
     }
     assert "access-control-allow-origin" not in keyed.options("/predict", headers=preflight).headers
-    with _app(tiny_model, cors_origins=["https://app.example"]) as client:
+    with app_for(cors_origins=["https://app.example"]) as client:
         allowed = client.options("/predict", headers=preflight)
         assert allowed.headers["access-control-allow-origin"] == "https://app.example"
         other = client.options("/predict", headers={**preflight, "Origin": "https://evil.example"})

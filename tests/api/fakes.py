@@ -1,0 +1,39 @@
+"""Stand-ins for the API tier (the fixtures that hand them out are in conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from app.inference.predictor import ModelInfo, Prediction, Query
+
+
+class FakeBackend:
+    """Stands in for `app.inference.backend.Backend` where only the web layer is under test:
+    always the same answer, and a record of every query it was handed."""
+
+    info = ModelInfo("fake", 7, Path("fake/7"), 3, {"type": "simple_rnn"}, {})
+    answer = Prediction(
+        words=("b", "c"),
+        probabilities=(0.75, 0.25),
+        tokens=("<eos>", "<unk>"),
+        unknown_words=("zebra",),
+    )
+
+    def __init__(self) -> None:
+        self.queries: list[Query] = []
+        self.cancelled: list[Query] = []
+        self.fails: Exception | None = None  # raised by predict, as a bug would be
+        self.stalls = False  # predict never answers (until cancelled)
+
+    async def predict(self, query: Query) -> Prediction:
+        self.queries.append(query)
+        if self.fails is not None:
+            raise self.fails
+        if self.stalls:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cancelled.append(query)
+                raise
+        return self.answer
