@@ -120,6 +120,8 @@ class Backend:
             task = loop.create_task(self._in_process(batch))
             self._sent.add(task)
             task.add_done_callback(self._sent.discard)
+            if self._queue:  # a backlog: the next batch goes too, while this one computes
+                self._schedule()
         else:
             self._compute_here(batch)
             if self._queue:  # the rest next turn: the loop serves others between batches
@@ -173,6 +175,8 @@ class Backend:
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no query is in flight; False if `timeout` seconds passed first."""
+        if self._idle.is_set():
+            return True
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except TimeoutError:

@@ -151,6 +151,8 @@ class Predictor:
 
     def predict_batch(self, queries: Sequence[Query]) -> list[Prediction]:
         """`predict` for each query, their recurrent steps and output layer taken together."""
+        if not queries:
+            return []
         for query in queries:
             if query.top_k < 1:
                 raise ValueError(f"top_k must be 1 or more, not {query.top_k}")

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes import FakeBackend
 from fastapi.testclient import TestClient
+from support.fakes import FakeBackend
 from support.models import TinyModel
 
 from app import store

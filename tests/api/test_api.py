@@ -14,9 +14,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from fakes import FakeBackend
 from fastapi.testclient import TestClient
 from starlette.types import Message
+from support.fakes import FakeBackend
 from support.models import TinyModel
 
 from app import store

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from support.backends import check, children, forks, queries, run, until
 from support.models import REPO, random_predictor
-from test_backend import check, children, forks, queries, run, until
 
 from app.inference import backend as backend_module
 from app.inference.backend import Backend

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
+from support.answers import assert_same_answer
 from support.models import TinyModel, random_arrays, train_tiny
-from test_same_answer import assert_same_answer
 
 from app import store
 from app.inference import engine
