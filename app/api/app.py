@@ -94,10 +94,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.models = None
     app.include_router(probes)
     if settings.api_key is None:
-        include_first(app, model_routes)
+        include_first(app, model_routes(settings))
     else:
         include_first(
-            app, model_routes, dependencies=[Depends(require_api_key)], responses=documented(401)
+            app,
+            model_routes(settings),
+            dependencies=[Depends(require_api_key)],
+            responses=documented(401),
         )
     if settings.admin_key is not None:  # otherwise /admin/* is not there at all: 404
         app.include_router(

@@ -1,8 +1,8 @@
 """The endpoints, and the dependencies that hand them what the lifespan set up.
 
 Each route validates, calls one object, and shapes the answer. `/predict` and `/models` are in
-`model_routes` (behind NEXTWORD_API_KEY when it is set); `probes` holds /health and /ready,
-which stay open for load balancers and orchestrators.
+`model_routes(settings)` (behind NEXTWORD_API_KEY when it is set); `probes` holds /health and
+/ready, which stay open for load balancers and orchestrators.
 
     POST /predict   body ─ PredictRequest ─> Query ─> backend.predict ─> Prediction ─> JSON
 """
@@ -50,8 +50,10 @@ async def get_models(request: Request) -> ModelManager:
 async def get_backend(request: Request) -> Backend:
     """The backend of the model served now. A request keeps it to the end, even if another
     version is swapped in meanwhile: the old one is closed once its last request has ended."""
-    backend = (await get_models(request)).current
-    assert backend is not None  # get_models checked it
+    manager: ModelManager | None = request.app.state.models
+    backend = manager.current if manager is not None else None
+    if backend is None:
+        raise ModelNotReady("the model is not loaded yet (or any more); try again shortly")
     return backend
 
 
@@ -61,45 +63,52 @@ BackendDep = Annotated[Backend, Depends(get_backend)]
 
 # --- routes -------------------------------------------------------------------------------------
 
-model_routes = APIRouter()
 probes = APIRouter(tags=["operations"])
 
 
-@model_routes.post(
-    "/predict",
-    summary="Predict the next word",
-    tags=["prediction"],
-    response_model=PredictResponse,  # what the body is; predict_body writes it
-    responses=documented(400, 413, 415, 422, 503, 504),
-)
-async def predict(body: PredictRequest, backend: BackendDep, settings: SettingsDep) -> Response:
-    """The most likely next words after `text`, with the model's probabilities.
+def model_routes(settings: Settings) -> APIRouter:
+    """/predict and /models. /predict's limits come from `settings` when the app is made, so
+    that its one dependency is the backend: FastAPI solves dependencies in Python on every
+    request, and each costs about as much as the rest of the route."""
+    router = APIRouter()
 
-    The text is read as the model was trained: standardised as its tokenizer says, starting a
-    fresh sentence; words outside the vocabulary become the unknown token.
-    """
-    if len(body.text) > settings.max_text_chars:
-        raise TextTooLong(len(body.text), settings.max_text_chars)
-    query = Query(body.text, body.top_k, body.include_special)
-    # Cancelled at the deadline: a query still queued is dropped; one already computing
-    # finishes there, and the 504 follows it.
-    deadline = asyncio.timeout(settings.predict_timeout_s)
-    try:
-        async with deadline:
-            prediction = await backend.predict(query)
-    except TimeoutError:
-        if not deadline.expired():
-            raise  # not ours: a bug, reported as one
-        raise PredictionTimedOut(settings.predict_timeout_s) from None
-    return Response(predict_body(prediction, backend.info), media_type="application/json")
+    @router.post(
+        "/predict",
+        summary="Predict the next word",
+        tags=["prediction"],
+        response_model=PredictResponse,  # what the body is; predict_body writes it
+        responses=documented(400, 413, 415, 422, 503, 504),
+    )
+    async def predict(body: PredictRequest, backend: BackendDep) -> Response:
+        """The most likely next words after `text`, with the model's probabilities.
+
+        The text is read as the model was trained: standardised as its tokenizer says, starting
+        a fresh sentence; words outside the vocabulary become the unknown token.
+        """
+        if len(body.text) > settings.max_text_chars:
+            raise TextTooLong(len(body.text), settings.max_text_chars)
+        query = Query(body.text, body.top_k, body.include_special)
+        # Cancelled at the deadline: a query still queued is dropped; one already computing
+        # finishes there, and the 504 follows it.
+        deadline = asyncio.timeout(settings.predict_timeout_s)
+        try:
+            async with deadline:
+                prediction = await backend.predict(query)
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # not ours: a bug, reported as one
+            raise PredictionTimedOut(settings.predict_timeout_s) from None
+        return Response(predict_body(prediction, backend.info), media_type="application/json")
+
+    router.get(
+        "/models",
+        summary="The model being served (sizes, architecture, metrics) and the versions refused",
+        tags=["models"],
+        responses=documented(503),
+    )(models)
+    return router
 
 
-@model_routes.get(
-    "/models",
-    summary="The model being served (sizes, architecture, metrics) and the versions refused",
-    tags=["models"],
-    responses=documented(503),
-)
 async def models(models: ModelsDep, settings: SettingsDep) -> ModelsResponse:
     return ModelsResponse.of(models, settings.model_store)
 
