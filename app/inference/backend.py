@@ -3,6 +3,8 @@ processes. A route calls `await backend.predict(query)`; below it is plain Predi
 
     predict(query): queued, and the queue is looked at the end of this loop turn
       alone, nothing running, no company for BUSY_WINDOW_S -> computed at once, on the loop
+                   (however long its text: a lone user's typing costs the steps of a word,
+                   and a hop to the model process would only add to it)
       otherwise -> up to max_batch queued queries as one batch, to the model process (on the
                    other core, while the loop goes on with HTTP) or, without one, on the loop
 
@@ -36,9 +38,6 @@ BUSY_WINDOW_S = 0.5
 # Batches the model process holds at once: the next is already there when it finishes one, so
 # it never waits for the event loop to read an answer and send more.
 PROCESS_DEPTH = 2
-# A text this long (characters) goes to the model process even alone, when there is one: its
-# recurrent steps would hold up every other request on the loop.
-LONG_TEXT = 2_000
 
 _Item = tuple[Query, "asyncio.Future[Prediction]"]
 
@@ -130,8 +129,7 @@ class Backend:
     def _offloads(self, batch: list[_Item], now: float) -> bool:
         if self._process is None or (self._process_held and self._process.pid is None):
             return False
-        long_text = any(len(query.text) >= LONG_TEXT for query, _ in batch)
-        return len(batch) > 1 or bool(self._sent) or now < self._busy_until or long_text
+        return len(batch) > 1 or bool(self._sent) or now < self._busy_until
 
     def _compute_here(self, batch: list[_Item]) -> None:
         try:

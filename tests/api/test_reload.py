@@ -25,7 +25,7 @@ from support.models import TinyModel, random_predictor
 
 from app import store
 from app.api.app import create_app
-from app.inference.backend import LONG_TEXT, Backend
+from app.inference.backend import Backend
 from app.inference.predictor import ModelInfo, Prediction, Predictor, Query
 from app.serving import manager as manager_module
 from app.serving.manager import ModelManager
@@ -38,10 +38,9 @@ ADMIN = {"X-API-Key": ADMIN_KEY}
 # --- the manager alone, over real predictors with random weights (no training) -----------------
 
 VOCAB = 64
-# Long enough that even a lone request is computed in the model process, when there is one.
-LONG = "w3 " * (LONG_TEXT // 3 + 1)
-# As long, and held there until the test opens the gate: a request kept in flight at will.
-HELD = "w2 " * (LONG_TEXT // 3 + 1)
+LONG = "w3 " * 200
+# Held in the model process until the test opens the gate: a request kept in flight at will.
+HELD = "w2 " * 200
 
 
 class GatedPredictor(Predictor):
@@ -130,7 +129,16 @@ def collected(ref: weakref.ref[Any]) -> bool:
 
 async def in_flight(backend: Backend) -> None:
     """Until the request just made is counted (its task has started)."""
-    await eventually(lambda: backend.in_flight == 1)
+    await eventually(lambda: backend.in_flight >= 1)
+
+
+async def in_process(backend: Backend, text: str, top_k: int = 5) -> Prediction:
+    """`text` predicted with company, so that the two go to the model process as one batch
+    (a request alone is computed on the event loop)."""
+    answer, _ = await asyncio.gather(
+        backend.predict(Query(text, top_k)), backend.predict(Query("w4 w5"))
+    )
+    return answer
 
 
 @pytest.fixture
@@ -157,8 +165,8 @@ def test_a_request_in_flight_finishes_on_the_model_it_started_with(
         try:
             first = served.current
             assert first is not None
-            await first.predict(Query(LONG))  # forks v1's model process
-            held = asyncio.create_task(first.predict(Query(HELD, 3)))
+            await in_process(first, LONG)  # forks v1's model process
+            held = asyncio.create_task(in_process(first, HELD, 3))
             await in_flight(first)
             publish(store_dir, 2)
             assert (await served.reload()).status == "loaded"
@@ -194,7 +202,7 @@ def test_a_stuck_request_does_not_keep_an_old_model_for_ever(
     monkeypatch.setattr(manager_module, "RETIRE_MARGIN_S", 0.0)
 
     def closed_anyway() -> bool:
-        message = "closing model v1 with 1 requests still in flight"
+        message = "closing model v1 with 2 requests still in flight"
         return any(message in record.getMessage() for record in caplog.records)
 
     async def scenario() -> None:
@@ -203,8 +211,8 @@ def test_a_stuck_request_does_not_keep_an_old_model_for_ever(
         try:
             first = served.current
             assert first is not None
-            await first.predict(Query(LONG))
-            stuck = asyncio.create_task(first.predict(Query(HELD)))
+            await in_process(first, LONG)
+            stuck = asyncio.create_task(in_process(first, HELD))
             await in_flight(first)
             publish(store_dir, 2)
             assert (await served.reload()).status == "loaded"
@@ -234,9 +242,9 @@ def test_a_model_process_is_forked_only_while_one_model_is_in_memory(
             assert (await served.reload()).status == "unchanged"  # nothing loaded beside it
             first = served.current
             assert first is not None
-            await first.predict(Query(LONG))
+            await in_process(first, LONG)
             assert forks(first) == 1  # alone in memory: it may fork
-            held = asyncio.create_task(first.predict(Query(HELD)))
+            held = asyncio.create_task(in_process(first, HELD))
             await in_flight(first)
             publish(store_dir, 2)
             assert (await served.reload()).status == "loaded"
@@ -248,7 +256,7 @@ def test_a_model_process_is_forked_only_while_one_model_is_in_memory(
             await held
             del first, held
             for _ in range(1_000):  # once v1 is retired, v2 forks
-                await second.predict(Query(LONG))
+                await in_process(second, LONG)
                 if forks(second):
                     break
                 await asyncio.sleep(0.01)
