@@ -3,8 +3,7 @@ processes. A route calls `await backend.predict(query)`; below it is plain Predi
 
     predict(query): queued, and the queue is looked at the end of this loop turn
       alone, nothing running, no company for BUSY_WINDOW_S -> computed at once, on the loop
-                   (however long its text: a lone user's typing costs the steps of a word,
-                   and a hop to the model process would only add to it)
+                   (but a long text that would be read from scratch: see LONG_TEXT)
       otherwise -> up to max_batch queued queries as one batch, to the model process (on the
                    other core, while the loop goes on with HTTP) or, without one, on the loop
 
@@ -35,6 +34,10 @@ logger = logging.getLogger("nextword")
 
 # After requests were last seen together, how long lone ones still go to the model process.
 BUSY_WINDOW_S = 0.5
+# A text this long (characters), alone, goes to the model process when there is one, unless
+# this process keeps the text or its head (then it costs the steps of a word): read from
+# scratch, its recurrent steps would hold up every other request on the loop, /health included.
+LONG_TEXT = 2_000
 # Batches the model process holds at once: the next is already there when it finishes one, so
 # it never waits for the event loop to read an answer and send more.
 PROCESS_DEPTH = 2
@@ -129,7 +132,10 @@ class Backend:
     def _offloads(self, batch: list[_Item], now: float) -> bool:
         if self._process is None or (self._process_held and self._process.pid is None):
             return False
-        return len(batch) > 1 or bool(self._sent) or now < self._busy_until
+        if len(batch) > 1 or self._sent or now < self._busy_until:
+            return True
+        text = batch[0][0].text
+        return len(text) >= LONG_TEXT and not self.predictor.keeps(text)
 
     def _compute_here(self, batch: list[_Item]) -> None:
         try:

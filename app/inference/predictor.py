@@ -99,6 +99,9 @@ class ReadingCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __contains__(self, text: str) -> bool:
+        return text in self._entries  # (a look, not a use: the order is kept)
+
     def get(self, text: str) -> Reading | None:
         reading = self._entries.get(text)
         if reading is not None:
@@ -173,6 +176,11 @@ class Predictor:
             )
             for item, (ids, probabilities) in zip(pending, best, strict=True)
         ]
+
+    def keeps(self, text: str) -> bool:
+        """Whether `text` or its head is kept: predicting it costs the steps of a word at most."""
+        cut = max(text.rfind(" "), text.rfind("\n"))
+        return text in self.cache or (cut > 0 and text[:cut] in self.cache)
 
     # --- text -> ids ------------------------------------------------------------------------
 

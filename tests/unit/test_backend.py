@@ -11,7 +11,7 @@ from support.answers import assert_same_answer
 from support.backends import check, children, forks, queries, run, turns, until
 from support.models import random_predictor
 
-from app.inference.backend import Backend
+from app.inference.backend import BUSY_WINDOW_S, LONG_TEXT, Backend
 from app.inference.predictor import Prediction, Predictor, Query
 
 
@@ -107,17 +107,24 @@ def test_after_company_a_lone_query_still_goes_to_the_model_process(
 
 @forks
 @pytest.mark.parametrize("model_process", [False, True], ids=["loop", "process"])
-def test_a_long_text_alone_is_computed_on_the_loop(
+def test_a_long_text_alone_goes_to_the_model_process_unless_its_head_is_kept(
     predictor: Predictor, reference: Predictor, model_process: bool
 ) -> None:
-    text = " ".join(f"w{2 + i % 298}" for i in range(2_000))
+    text = " ".join(f"w{2 + i % 298}" for i in range(LONG_TEXT // 3))
+    assert len(text) >= LONG_TEXT
+    predictor.predict(text)  # kept here: typed on, it costs one word's steps on the loop
 
-    async def main(backend: Backend) -> tuple[Prediction, dict[str, float]]:
-        return await backend.predict(Query(text)), backend.stats()
+    async def main(backend: Backend) -> tuple[list[Prediction], dict[str, float]]:
+        typed_on = await backend.predict(Query(text + " w9"))
+        await asyncio.sleep(2 * BUSY_WINDOW_S)  # (no company since)
+        cold = await backend.predict(Query("w7 " + text))
+        return [typed_on, cold], backend.stats()
 
-    answer, stats = run(main, Backend(predictor, model_process=model_process))
-    assert_same_answer(answer, reference.predict(text))
-    assert stats["batches"] == 1 and stats["process_batches"] == stats["process_forks"] == 0
+    answers, stats = run(main, Backend(predictor, model_process=model_process))
+    assert_same_answer(answers[0], reference.predict(text + " w9"))
+    assert_same_answer(answers[1], reference.predict("w7 " + text))
+    assert stats["batches"] == 2
+    assert stats["process_batches"] == stats["process_forks"] == int(model_process)
 
 
 @pytest.mark.parametrize(("max_wait_s", "batches"), [(0.0, 2), (0.2, 1)])
