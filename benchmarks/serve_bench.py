@@ -6,7 +6,7 @@ In one run, on this machine, one server at a time on 127.0.0.1 (each stopped by 
 
     service  `nextword serve` with the default model (model_store/ptb, latest version)
     floor    the same FastAPI / uvicorn stack and settings, an `async def` POST /predict that
-             validates the request model and returns the response model filled with constants
+             validates the request model and writes the service's body from a constant
     naive    the same route calling the Keras model's `predict` once per request (model.keras)
 
 wrk (one thread, a Lua script feeding distinct bodies) loads each at 1, 32 and 64 connections;

@@ -149,7 +149,13 @@ class Backend:
     async def _in_process(self, batch: list[_Item]) -> None:
         assert self._process is not None
         try:
-            predictions = await self._process.run([query for query, _ in batch])
+            # A long text alone was sent there because this process did not keep it: the
+            # reading the child kept comes back, so that typing on it is computed here.
+            share = len(batch) == 1 and len(batch[0][0].text) >= LONG_TEXT
+            predictions, kept = await self._process.run([query for query, _ in batch], share)
+            for (query, _), reading in zip(batch, kept, strict=True):
+                if reading is not None:
+                    self.predictor.keep(query.text, reading)
         except ModelProcessGone as error:
             self.process_losses += 1
             logger.warning("%s; its batch of %d is computed on the event loop", error, len(batch))

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from contextlib import suppress
 from typing import Any
 
-from app.inference.predictor import Prediction, Predictor, Query
+from app.inference.predictor import Prediction, Predictor, Query, Reading
 
 _LENGTH = struct.Struct("!Q")
 # A batch takes milliseconds: one not answered within this is taken as a stuck child.
@@ -51,16 +51,19 @@ class ModelProcess:
         self._due: deque[asyncio.Future[tuple[str, Any]]] = deque()  # answers owed, in order
         self._sending = asyncio.Lock()  # one frame at a time on the socket
 
-    async def run(self, queries: Sequence[Query]) -> list[Prediction]:
-        """The child's predictions. Raises ModelProcessGone when it ended or broke off (it is
-        reaped; the next `run` forks another); RuntimeError when its computation raised."""
+    async def run(
+        self, queries: Sequence[Query], share: bool = False
+    ) -> tuple[list[Prediction], list[Reading | None]]:
+        """The child's predictions, and with `share` the readings (with their states) it kept
+        for the queries' texts. Raises ModelProcessGone when the child ended or broke off (it
+        is reaped; the next `run` forks another); RuntimeError when its computation raised."""
         loop = asyncio.get_running_loop()
         connection = self._socket or self._start()
         due: asyncio.Future[tuple[str, Any]] = loop.create_future()
         self._due.append(due)
         async with self._sending:
             try:
-                await loop.sock_sendall(connection, _frame(list(queries)))
+                await loop.sock_sendall(connection, _frame((list(queries), share)))
             except OSError as error:
                 self._broken(connection, error)
             except BaseException:  # cancelled mid-frame: the stream is out of step
@@ -74,8 +77,8 @@ class ModelProcess:
             raise ModelProcessGone("the model process was stuck") from None
         if status != "ok":
             raise RuntimeError(f"the model process failed: {answer}")
-        predictions: list[Prediction] = answer
-        return predictions
+        result: tuple[list[Prediction], list[Reading | None]] = answer
+        return result
 
     def _start(self) -> socket.socket:
         ours, theirs = socket.socketpair()
@@ -221,7 +224,10 @@ def _serve(connection: socket.socket, predictor: Predictor) -> None:
         if body is None:
             return  # the parent closed its end
         try:
-            reply: tuple[str, Any] = ("ok", predictor.predict_batch(pickle.loads(body)))
+            queries, share = pickle.loads(body)
+            predictions = predictor.predict_batch(queries)
+            kept = [predictor.kept(query.text) if share else None for query in queries]
+            reply: tuple[str, Any] = ("ok", (predictions, kept))
         except Exception as error:
             reply = ("error", f"{type(error).__name__}: {error}")
         connection.sendall(_frame(reply))

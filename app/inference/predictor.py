@@ -177,6 +177,15 @@ class Predictor:
             for item, (ids, probabilities) in zip(pending, best, strict=True)
         ]
 
+    def kept(self, text: str) -> Reading | None:
+        """The reading kept for `text` (with its state), if any."""
+        return self.cache.get(text)
+
+    def keep(self, text: str, reading: Reading) -> None:
+        """Keep a reading (with its state) made elsewhere, e.g. by the model process."""
+        if reading.state is not None:
+            self.cache.put(text, reading)
+
     def keeps(self, text: str) -> bool:
         """Whether `text` or its head is kept: predicting it costs the steps of a word at most."""
         cut = max(text.rfind(" "), text.rfind("\n"))

@@ -107,7 +107,7 @@ def test_after_company_a_lone_query_still_goes_to_the_model_process(
 
 @forks
 @pytest.mark.parametrize("model_process", [False, True], ids=["loop", "process"])
-def test_a_long_text_alone_goes_to_the_model_process_unless_its_head_is_kept(
+def test_a_long_text_alone_goes_to_the_model_process_unless_its_head_is_kept_here(
     predictor: Predictor, reference: Predictor, model_process: bool
 ) -> None:
     text = " ".join(f"w{2 + i % 298}" for i in range(LONG_TEXT // 3))
@@ -118,12 +118,16 @@ def test_a_long_text_alone_goes_to_the_model_process_unless_its_head_is_kept(
         typed_on = await backend.predict(Query(text + " w9"))
         await asyncio.sleep(2 * BUSY_WINDOW_S)  # (no company since)
         cold = await backend.predict(Query("w7 " + text))
-        return [typed_on, cold], backend.stats()
+        await asyncio.sleep(2 * BUSY_WINDOW_S)
+        # The model process sent back the reading it kept: typing on is computed here.
+        typed_on_cold = await backend.predict(Query("w7 " + text + " w8"))
+        return [typed_on, cold, typed_on_cold], backend.stats()
 
     answers, stats = run(main, Backend(predictor, model_process=model_process))
     assert_same_answer(answers[0], reference.predict(text + " w9"))
     assert_same_answer(answers[1], reference.predict("w7 " + text))
-    assert stats["batches"] == 2
+    assert_same_answer(answers[2], reference.predict("w7 " + text + " w8"))
+    assert stats["batches"] == 3
     assert stats["process_batches"] == stats["process_forks"] == int(model_process)
 
 

@@ -152,7 +152,12 @@ def test_a_model_process_computes_batches_in_order_in_a_nicer_child(
     async def main() -> tuple[list[list[Prediction]], int]:
         process = ModelProcess(predictor)
         # Sent before the first is answered: answered in order all the same.
-        answers = await asyncio.gather(*(process.run(asked[i : i + 2]) for i in range(0, 10, 2)))
+        answers = [
+            predictions
+            for predictions, _ in await asyncio.gather(
+                *(process.run(asked[i : i + 2]) for i in range(0, 10, 2))
+            )
+        ]
         child = process.pid
         assert child is not None and child != os.getpid() and process.forks == 1
         # Nicer than the server: the event loop goes first when they contend for the cores.
@@ -174,7 +179,7 @@ def test_an_error_in_the_model_process_reaches_the_caller_and_the_process_goes_o
         process = ModelProcess(predictor)
         with pytest.raises(RuntimeError, match="ValueError: top_k must be 1 or more, not 0"):
             await process.run([Query("w2"), Query("w3", top_k=0)])
-        answers = await process.run([Query("w4")])
+        answers, _ = await process.run([Query("w4")])
         assert process.forks == 1
         await process.aclose()
         return answers
@@ -196,7 +201,7 @@ def test_every_batch_owed_by_a_model_process_that_died_fails_and_the_next_run_fo
         )
         assert all(isinstance(error, ModelProcessGone) for error in owed), owed
         assert gone(first) and process.pid is None
-        answers = await process.run([Query("w5")])
+        answers, _ = await process.run([Query("w5")])
         assert process.pid not in (first, None) and process.forks == 2
         await process.aclose()
         return answers
@@ -218,7 +223,7 @@ def test_a_stuck_model_process_is_killed_and_replaced(
         )
         assert all(isinstance(error, ModelProcessGone) for error in owed), owed
         assert "stuck" in str(owed[0]) and gone(stuck)
-        answers = await process.run([Query("w5")])
+        answers, _ = await process.run([Query("w5")])
         assert process.forks == 2
         await process.aclose()
         return answers
