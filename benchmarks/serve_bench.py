@@ -1,6 +1,6 @@
 """Serving benchmark: the service against the web framework's floor and a naive Keras server.
 
-    python benchmarks/serve_bench.py            # ~6 minutes; needs `wrk` (apt-get install wrk)
+    python benchmarks/serve_bench.py            # ~14 minutes; needs `wrk` (apt-get install wrk)
 
 In one run, on this machine, one server at a time on 127.0.0.1 (each stopped by its PID):
 
