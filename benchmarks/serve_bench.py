@@ -7,6 +7,8 @@ In one run, on this machine, one server at a time on 127.0.0.1 (each stopped by 
     service  `nextword serve` with the default model (model_store/ptb, latest version)
     floor    the same FastAPI / uvicorn stack and settings, an `async def` POST /predict that
              validates the request model and writes the service's body from a constant
+    floor-model  the floor as earlier sessions measured it: the route returns the response
+             model for FastAPI to validate and serialise (a lower ceiling, for comparison)
     naive    the same route calling the Keras model's `predict` once per request (model.keras)
 
 wrk (one thread, a Lua script feeding distinct bodies) loads each at 1, 32 and 64 connections;
@@ -61,6 +63,7 @@ def commands(store: Path) -> dict[str, list[str]]:
     return {
         "service": ["-m", "app.cli", "serve", "--host", "127.0.0.1", *model],
         "floor": [servers, "floor"],
+        "floor-model": [servers, "floor-model"],
         "naive": [servers, "naive", *model],
         "stack": [servers, "stack", *model],
     }
@@ -159,6 +162,12 @@ def summarise(servers: dict[str, dict[str, Any]]) -> dict[str, float]:
     if "service_no_cache" in servers:
         off = servers["service_no_cache"]["typing"]
         summary["typing_ratio_p50_no_cache"] = off["ratio_p50"]
+    if "floor-model" in servers:  # the floor as earlier sessions measured it
+        for c in CONCURRENCY:
+            summary[f"ratio_floor_model_c{c}"] = (
+                service[f"c{c}"]["requests_per_s"]
+                / servers["floor-model"][f"c{c}"]["requests_per_s"]
+            )
     if "stack" in servers:  # the service's app without the model: where the rest goes
         stack = servers["stack"]
         for c in CONCURRENCY:
@@ -189,10 +198,17 @@ def median_figures(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 def by_round(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, list[float]]:
     """The service's ratios to the floor (and the stack's) in each round."""
     out: dict[str, list[float]] = {}
-    for name in ("service", "stack"):
-        if name not in rounds or "floor" not in rounds:
+    for name, floor_name in (("service", "floor"), ("stack", "floor"), ("service", "floor-model")):
+        if name not in rounds or floor_name not in rounds:
             continue
-        pairs = list(zip(rounds[name], rounds["floor"], strict=False))
+        pairs = list(zip(rounds[name], rounds[floor_name], strict=False))
+        if floor_name != "floor":  # only the throughput ratios against the older floor
+            for c in CONCURRENCY:
+                out[f"{name}_over_floor_model_c{c}"] = [
+                    round(ours[f"c{c}"]["requests_per_s"] / other[f"c{c}"]["requests_per_s"], 3)
+                    for ours, other in pairs
+                ]
+            continue
         for c in CONCURRENCY:
             out[f"{name}_over_floor_c{c}"] = [
                 round(ours[f"c{c}"]["requests_per_s"] / floor[f"c{c}"]["requests_per_s"], 3)
@@ -222,7 +238,9 @@ def plot(servers: dict[str, dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [name for name in ("service", "floor", "naive", "stack") if name in servers]
+    names = [
+        name for name in ("service", "floor", "floor-model", "naive", "stack") if name in servers
+    ]
     figure, (rates, latencies) = plt.subplots(1, 2, figsize=(11, 4.2))
     width = 0.8 / len(names)
     labels = [str(c) for c in CONCURRENCY]
@@ -301,6 +319,7 @@ def main() -> None:
             ("service", cmd["service"], {}),
             ("floor", cmd["floor"], {}),
             ("stack", cmd["stack"], {}),
+            ("floor-model", cmd["floor-model"], {}),
         ]
         for number in range(1, args.rounds + 1):
             for name, command, env in plan:
