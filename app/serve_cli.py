@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import logging
+import re
 import signal
 import sys
 import threading
@@ -116,7 +118,7 @@ def _server_class() -> type[Any]:
 
 def _log_config(level: str) -> dict[str, Any]:
     # uvicorn's logging, plus our "nextword" logger on the same handler (it says which model
-    # is served).
+    # is served), and an access log of method, path and status only (AccessLogRedaction).
     from uvicorn.config import LOGGING_CONFIG
 
     config = copy.deepcopy(LOGGING_CONFIG)
@@ -125,7 +127,38 @@ def _log_config(level: str) -> dict[str, Any]:
         "level": level.upper() if level != "trace" else "DEBUG",
         "propagate": False,
     }
+    config.setdefault("filters", {})["access_redaction"] = {"()": AccessLogRedaction}
+    # On the logger, not a handler: the record itself is rewritten, for every handler.
+    config["loggers"]["uvicorn.access"]["filters"] = ["access_redaction"]
+    config["formatters"]["access"] = {
+        "()": "uvicorn.logging.DefaultFormatter",
+        "fmt": "%(levelprefix)s %(message)s",
+    }
     return config
+
+
+# A query string in an access line that is not in uvicorn's usual shape (see below).
+_QUERY = re.compile(r"\?[^\s\"]*")
+
+
+class AccessLogRedaction(logging.Filter):
+    """uvicorn's access line is `client_addr - "METHOD /path?query HTTP/1.1" status`: the query
+    string can hold a key (`?api_key=...`, refused with 401 but logged all the same), and the
+    client's address and port are personal data. This rewrites each access record to
+    `METHOD /path status` (`POST /predict 401`): no query string, no client address."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5:
+            # uvicorn's args: (client_addr, method, path with query string, http_version,
+            # status_code); the path is percent-quoted, so its first "?" starts the query.
+            _client, method, full_path, _http_version, status = args
+            record.msg = "%s %s %s"
+            record.args = (method, str(full_path).split("?", 1)[0], status)
+        else:  # another shape (a future uvicorn): keep the line, drop anything like a query
+            record.msg = _QUERY.sub("", record.getMessage())
+            record.args = None
+        return True
 
 
 def _run_predict(args: argparse.Namespace) -> int:
