@@ -25,6 +25,7 @@ import gc
 import hashlib
 import logging
 import time
+import traceback
 from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import suppress
@@ -183,13 +184,17 @@ class ModelManager:
         known = self._refused.get(number)
         if not force and known is not None and known.fingerprint == print_:
             return ReloadOutcome("refused", number, known.reason)
+        fresh: Backend | None = None
         try:
             fresh = await self._load_checked(number)
         except ModelStoreError as error:
-            return self._refuse(number, print_, str(error))
+            reason = _forget(error)
         except Exception as error:  # a bug or MemoryError: refused too, with its traceback
             logger.exception("loading model %s v%d failed", self.settings.model_name, number)
-            return self._refuse(number, print_, f"{type(error).__name__}: {error}")
+            reason = f"{type(error).__name__}: {_forget(error)}"
+        if fresh is None:  # refused: what the version loaded goes back before the answer
+            await self._collect()
+            return self._refuse(number, print_, reason)
         old, self.current = self.current, fresh  # the swap: one reference, atomic
         self._fingerprint = print_
         self._refused.pop(number, None)
@@ -216,7 +221,11 @@ class ModelManager:
 
     async def _load_checked(self, number: int) -> Backend:
         predictor = await to_thread.run_sync(self._load, self.settings, number)
-        await to_thread.run_sync(probe, predictor)
+        try:
+            await to_thread.run_sync(probe, predictor)
+        except BaseException:
+            del predictor  # this frame stays in the error's traceback; the model need not
+            raise
         settings = self.settings
         backend = Backend(
             predictor,
@@ -253,14 +262,18 @@ class ModelManager:
         except Exception:
             logger.exception("closing model v%d failed", old.info.version)
         del old
-        # The old model's objects, cycles included, before the pages go back. The objects of
-        # start-up are frozen out of the collector's sight (app.api.app); a model loaded then
-        # is among them, so they are unfrozen for this one collection and frozen again.
+        await self._collect()
+        self._release_if_alone()
+
+    async def _collect(self) -> None:
+        """Free a retired or refused model's objects, cycles included, then give the pages back.
+        The objects of start-up are frozen out of the collector's sight (app.api.app); a model
+        loaded then is among them, so they are unfrozen for this one collection and frozen
+        again."""
         gc.unfreeze()
         gc.collect()
         gc.freeze()
         await to_thread.run_sync(trim_free_memory)
-        self._release_if_alone()
 
     def _release_if_alone(self) -> None:
         """Let the current model fork its model process once no other model is in memory (no
@@ -271,3 +284,18 @@ class ModelManager:
         )
         if not busy and self.current is not None:
             self.current.hold_process(False)
+
+
+def _forget(error: BaseException) -> str:
+    """The message of a refused version's error, once its tracebacks let go of what the load
+    made: their frames (the loader's, the probe's, anyio's worker) hold the half-loaded model,
+    in a cycle with the error that only a full collection would break."""
+    reason = str(error)
+    seen: set[int] = set()
+    found: BaseException | None = error
+    while found is not None and id(found) not in seen:
+        seen.add(id(found))
+        traceback.clear_frames(found.__traceback__)
+        found.__traceback__ = None
+        found = found.__cause__ or found.__context__
+    return reason
