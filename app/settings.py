@@ -11,6 +11,7 @@
     NEXTWORD_RELOAD_INTERVAL_S   seconds between looks for a new version; 0 = never   (0)
     NEXTWORD_MAX_IN_FLIGHT       requests worked on at once; past it 503 + Retry-After (128)
     NEXTWORD_PREDICT_TIMEOUT_S   longest wait for a prediction; past it 504            (5)
+    NEXTWORD_BODY_TIMEOUT_S      longest wait for a request's whole body; past it 408  (5)
     NEXTWORD_KEEP_ALIVE_S        how long an idle connection stays open                (75)
     NEXTWORD_SHUTDOWN_TIMEOUT_S  longest wait for requests in flight on SIGTERM        (8)
     NEXTWORD_API_KEY         key required on /predict and /models (X-API-Key or Bearer)  (none)
@@ -86,6 +87,9 @@ class Settings(BaseSettings):
     # A prediction takes milliseconds; one still unanswered after seconds is of no use to a
     # typing user, and holding it only adds to the queue.
     predict_timeout_s: float = Field(default=5.0, gt=0, le=600)
+    # A body of at most NEXTWORD_MAX_BODY_BYTES takes milliseconds to send; a client still
+    # sending after seconds is stuck or hostile (a slow upload held a slot of MAX_IN_FLIGHT).
+    body_timeout_s: float = Field(default=5.0, gt=0, le=600)
     # How long an idle client connection is kept open. Longer than the idle time-outs of client
     # pools and load balancers (httpx 5 s, AWS ALB 60 s; nginx uses 75 s too): a server that
     # closes first races the client reusing the connection, which then sees a reset.

@@ -9,9 +9,12 @@ message naming the file and the fix. Run it with `nextword serve`, or with
 Requests pass through, outermost first:
 
     CORS (only when NEXTWORD_CORS_ORIGINS is set)
-    InFlightLimit   503 + Retry-After past NEXTWORD_MAX_IN_FLIGHT (not /health, /ready)
-    BodyLimits      413 past NEXTWORD_MAX_BODY_BYTES, 415 for a /predict body not sent as
-                    JSON, before anything is parsed
+    BodyLimits      431 past 100 headers or 16 KiB of them, 413 past NEXTWORD_MAX_BODY_BYTES,
+                    415 for a /predict body not sent as JSON, before anything is parsed
+    BodyDeadline    reads the whole body: 408 when it takes over NEXTWORD_BODY_TIMEOUT_S;
+                    400 for a /predict body in UTF-16 or UTF-32
+    InFlightLimit   503 + Retry-After past NEXTWORD_MAX_IN_FLIGHT (not /health, /ready),
+                    counting requests whose body has arrived
     the routes      API key on /predict and /models, admin key on /admin (app.api.security);
                     504 when /predict has no answer within NEXTWORD_PREDICT_TIMEOUT_S
 """
@@ -30,6 +33,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 
 from app.api import admin
+from app.api.deadlines import BodyDeadline
 from app.api.errors import documented, install_error_handlers
 from app.api.middleware import (
     BodyLimits,
@@ -110,14 +114,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.openapi = _openapi_with_limits(app, settings)  # type: ignore[method-assign]
     # Added last = outermost.
     app.add_middleware(OneLineStartupError)
-    app.add_middleware(BodyLimits, max_bytes=settings.max_body_bytes, json_paths=["/predict"])
     app.state.load = Load()
+    # Inside BodyDeadline: a request counts as in flight once its body has arrived.
     app.add_middleware(
         InFlightLimit,
         limit=settings.max_in_flight,
         load=app.state.load,
         exempt=["/health", "/ready"],
     )
+    app.add_middleware(BodyDeadline, timeout_s=settings.body_timeout_s, json_paths=["/predict"])
+    app.add_middleware(BodyLimits, max_bytes=settings.max_body_bytes, json_paths=["/predict"])
     if settings.cors_origins:
         # Outermost, so that error answers (413, 503...) carry the CORS headers a browser
         # needs to show them. No cookies are used: credentials stay off.

@@ -4,9 +4,14 @@ All error bodies have one shape, `ErrorResponse`:
 
     {"error": "invalid_request", "message": "text: ...", "fields": [{"field": "text", ...}]}
 
-    RequestValidationError (pydantic)  422 invalid_request  a field missing, wrong or too long
+    RequestValidationError (pydantic)  422 invalid_request  a field missing, wrong or too long;
+                                                            the body not JSON (field `body`)
+    a number too long to read          422 invalid_request  e.g. top_k of 5,000 digits
     TextTooLong                        422 invalid_request  text over NEXTWORD_MAX_TEXT_CHARS
-    (BodyLimits middleware)            415 unsupported_media_type, 413 payload_too_large
+    (BodyLimits middleware)            415 unsupported_media_type, 413 payload_too_large,
+                                       431 request_header_fields_too_large
+    (BodyDeadline middleware)          408 request_timeout      the body came too slowly;
+                                       400 bad_request          a body in UTF-16 or UTF-32
     Unauthorized                       401 unauthorized         no or a wrong API / admin key
     ModelRefused                       409 model_refused        POST /admin/reload: not served
     ModelNotReady                      503 model_not_ready
@@ -18,6 +23,7 @@ All error bodies have one shape, `ErrorResponse`:
 
 from __future__ import annotations
 
+import json
 from http import HTTPStatus
 from typing import Any, ClassVar
 
@@ -122,14 +128,17 @@ def _validation_fields(error: RequestValidationError) -> list[FieldError]:
     return fields
 
 
+def _invalid_request(fields: list[FieldError]) -> JSONResponse:
+    message = "; ".join(f"{item.field}: {item.message}" for item in fields)
+    return error_json(HTTPStatus.UNPROCESSABLE_ENTITY, "invalid_request", message, fields)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers that turn every exception into an ErrorResponse."""
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-        fields = _validation_fields(error)
-        message = "; ".join(f"{item.field}: {item.message}" for item in fields)
-        return error_json(HTTPStatus.UNPROCESSABLE_ENTITY, "invalid_request", message, fields)
+        return _invalid_request(_validation_fields(error))
 
     @app.exception_handler(ApiError)
     async def on_api_error(request: Request, error: ApiError) -> JSONResponse:
@@ -139,6 +148,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_exception(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        if error.status_code == HTTPStatus.BAD_REQUEST and _number_too_long(error.__cause__):
+            # The body is valid JSON, but Python refuses to read an integer of over 4,300
+            # digits (sys.get_int_max_str_digits) and FastAPI answers 400 naming no field.
+            # The route read the body before failing: request.body() has it.
+            fields = _long_number_fields(await request.body())
+            if fields:
+                return _invalid_request(fields)
         status = HTTPStatus(error.status_code)
         code = status.phrase.lower().replace(" ", "_").replace("-", "_")
         response = error_json(status, code, str(error.detail))
@@ -152,12 +168,55 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_json(500, "internal_error", "internal server error")
 
 
+def _number_too_long(cause: BaseException | None) -> bool:
+    return type(cause) is ValueError and "integer string conversion" in str(cause)
+
+
+class _LongNumber(int):
+    """An integer too long to read, kept as its number of digits."""
+
+
+def _long_number_fields(body: bytes) -> list[FieldError]:
+    """The fields of `body` holding integers too long to read; [] if it cannot be read."""
+
+    def bounded(digits: str) -> int:
+        try:
+            return int(digits)
+        except ValueError:
+            return _LongNumber(len(digits.lstrip("-")))
+
+    try:
+        document = json.loads(body, parse_int=bounded)
+    except (ValueError, RecursionError):
+        return []
+    fields, stack = [], [(document, "")]
+    while stack:  # not recursive: the document may be deep
+        value, path = stack.pop()
+        if isinstance(value, _LongNumber):
+            message = f"a number of {int(value)} digits is out of range"
+            fields.append(FieldError(field=path or "body", message=message, type="number_too_long"))
+        elif isinstance(value, dict):
+            stack.extend((item, f"{path}.{key}" if path else key) for key, item in value.items())
+        elif isinstance(value, list):
+            stack.extend((item, path) for item in value)
+    return fields[::-1]
+
+
 _TOO_LONG = "10001 characters is more than the 10000 this server accepts"
 # status: (when, an example body)
 _DOCUMENTED: dict[int, tuple[str, dict[str, Any]]] = {
     400: (
-        "The body could not be read (e.g. bytes that are not UTF-8).",
+        "The body could not be read: not UTF-8 (UTF-16 and UTF-32 included), nested too deep "
+        "to parse, or a Content-Length that is not a number.",
         {"error": "bad_request", "message": "There was an error parsing the body", "fields": []},
+    ),
+    408: (
+        "The body did not arrive within NEXTWORD_BODY_TIMEOUT_S; the connection is closed.",
+        {
+            "error": "request_timeout",
+            "message": "the body did not arrive within 5 s (NEXTWORD_BODY_TIMEOUT_S)",
+            "fields": [],
+        },
     ),
     413: (
         "The body is larger than NEXTWORD_MAX_BODY_BYTES.",
@@ -169,6 +228,14 @@ _DOCUMENTED: dict[int, tuple[str, dict[str, Any]]] = {
             "error": "unsupported_media_type",
             "message": "send the body as JSON with Content-Type: application/json "
             "(got 'text/plain')",
+            "fields": [],
+        },
+    ),
+    431: (
+        "More than 100 headers, or more than 16 KiB of them.",
+        {
+            "error": "request_header_fields_too_large",
+            "message": "at most 100 headers and 16384 bytes of them (got 120, 2400 bytes)",
             "fields": [],
         },
     ),

@@ -23,6 +23,10 @@ class _BodyTooLarge(Exception):
 # can destroy the 413 before the client reads it: the "lingering close" problem servers such as
 # nginx and Apache solve the same way. A larger or unknown length still closes the connection.
 DRAIN_BYTES = 1 << 20
+# Headers a request may have, and their total bytes (names and values). The HTTP layer below
+# (uvicorn with httptools) sets no limit of its own; nginx's default is 4 x 8 KiB.
+MAX_HEADERS = 100
+MAX_HEADER_BYTES = 16 * 1024
 
 
 def is_json(content_type: str) -> bool:
@@ -34,8 +38,9 @@ def is_json(content_type: str) -> bool:
 
 
 class BodyLimits:
-    """Answer 413 to a request body over `max_bytes`, and 415 to a POST to one of `json_paths`
-    whose body is not declared as JSON (FastAPI alone would only say the body is invalid).
+    """Answer 431 to more than MAX_HEADERS headers or MAX_HEADER_BYTES of them, 413 to a
+    request body over `max_bytes`, and 415 to a POST to one of `json_paths` whose body is not
+    declared as JSON (FastAPI alone would only say the body is invalid).
 
     Both are decided here, before the app runs, in the order a client should fix them. A
     declared Content-Length over the limit is refused at once; a body without one (chunked) is
@@ -53,11 +58,22 @@ class BodyLimits:
             await self.app(scope, receive, send)
             return
         content_type = declared = None
-        for name, value in scope["headers"]:  # the raw list (names lower-case): no Headers object
+        header_bytes = 0
+        headers = scope["headers"]
+        for name, value in headers:  # the raw list (names lower-case): no Headers object
+            header_bytes += len(name) + len(value)
             if name == b"content-length":
                 declared = value
             elif name == b"content-type":
                 content_type = value.decode("latin-1")
+        if len(headers) > MAX_HEADERS or header_bytes > MAX_HEADER_BYTES:
+            await _refuse(
+                scope, receive, send, HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request_header_fields_too_large",
+                f"at most {MAX_HEADERS} headers and {MAX_HEADER_BYTES} bytes of them "
+                f"(got {len(headers)}, {header_bytes} bytes)",
+            )  # fmt: skip
+            return
         length = int(declared) if declared is not None and declared.isdigit() else None
         # Whether a refusal can leave the rest of the body to the server to discard (DRAIN_BYTES).
         drainable = length is not None and length <= DRAIN_BYTES
@@ -149,6 +165,9 @@ class Load:
 
 class InFlightLimit:
     """Answer 503 with Retry-After at once when `limit` requests are already being answered.
+
+    It sits inside BodyDeadline (app.api.deadlines): a request is counted once its body has
+    arrived, so clients slow to send one cannot fill the slots.
 
     Queueing without a bound only moves the wait into memory and past the clients' own
     time-outs; a quick 503 lets a client or load balancer retry later or elsewhere. The probes
