@@ -20,7 +20,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,8 +32,13 @@ MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
 WEIGHTS = "weights.safetensors"
 KERAS_MODEL = "model.keras"
+MAX_MANIFEST_BYTES = 1 << 20  # a trained manifest is about 12 KB, its history included
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# ASCII digits ([0-9], not \d, which matches any Unicode digit), without a leading zero.
+_VERSION = re.compile(r"[1-9][0-9]{0,9}")
+# The largest version number, as POST /admin/reload?version= accepts it.
+MAX_VERSION = 2**31 - 1
 
 
 class ModelStoreError(ValueError):
@@ -50,12 +55,59 @@ def check_name(name: str) -> str:
     return name
 
 
+def is_version_name(name: str) -> bool:
+    """A version folder's name: ASCII digits without a leading zero (`1`, `2`, `10`...), as
+    `str(number)` writes it. Not `01` (version_dir(1) would never find it), not `²` (a digit
+    for str.isdigit(), which int() refuses)."""
+    return _VERSION.fullmatch(name) is not None and int(name) <= MAX_VERSION
+
+
 def versions(store: Path, name: str) -> list[int]:
-    """Published versions of a model, oldest first (hidden work folders are not versions)."""
+    """Published versions of a model, oldest first.
+
+    Only folders named as `is_version_name` says count; anything else in the model's folder
+    (hidden work folders `.tmp-*`, files, other names) is not a version (see `unrecognised`).
+    """
     folder = store / check_name(name)
-    if not folder.is_dir():
-        return []
-    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir())
+    try:
+        if not folder.is_dir():
+            return []
+        return sorted(
+            int(p.name) for p in folder.iterdir() if is_version_name(p.name) and p.is_dir()
+        )
+    except OSError as error:  # e.g. a model folder the server's user may not read
+        raise ModelStoreError(
+            f"cannot list the versions in {folder} ({error.strerror or error}): check its "
+            "permissions"
+        ) from None
+
+
+def unrecognised(store: Path, name: str) -> list[str]:
+    """Names in a model's folder that are neither versions nor hidden (a `.tmp-*` work folder
+    of a trainer is expected and not listed): `01`, `²`, `v3`, a file named `2`...; sorted."""
+    folder = store / check_name(name)
+    try:
+        entries = list(folder.iterdir()) if folder.is_dir() else []
+        return sorted(
+            p.name
+            for p in entries
+            if not p.name.startswith(".") and not (is_version_name(p.name) and p.is_dir())
+        )
+    except OSError:
+        return []  # versions() says why, when it is asked
+
+
+def describe_unrecognised(folder: Path, names: Iterable[str], most: int = 10) -> str:
+    """One log line for entries of a model folder that are not versions (names quoted with
+    repr, so that a name with a line break or an escape sequence cannot forge a log line)."""
+    ordered = sorted(names)
+    shown = ", ".join(repr(n) for n in ordered[:most])
+    if len(ordered) > most:
+        shown += f" and {len(ordered) - most} more"
+    return (
+        f"ignoring {shown} in {folder}: not a version (a version is a folder named by a whole "
+        "number without a leading zero: 1, 2, 3...)"
+    )
 
 
 def version_dir(store: Path, name: str, version: int | str) -> Path:
@@ -68,6 +120,11 @@ def version_dir(store: Path, name: str, version: int | str) -> Path:
             )
         number = found[-1]
     else:
+        if isinstance(version, str) and not is_version_name(version):
+            raise ModelStoreError(
+                f"model version must be 'latest' or a number from 1 to {MAX_VERSION}, "
+                f"not {version!r}"
+            )
         number = int(version)
         if number < 1:
             raise ModelStoreError(f"model version must be 1 or more, not {number}")
@@ -125,9 +182,11 @@ def publish(store: Path, name: str, write: Callable[[Path], dict[str, Any]]) -> 
             p.name: sha256_file(p) for p in sorted(work.iterdir()) if p.name != MANIFEST
         }
         # Another trainer may publish at the same time: rename fails if the number is taken,
-        # and we try the next one.
+        # and we try the next one (also past a name taken by something that is not a version,
+        # such as a file named `2`).
+        number = 0
         for _ in range(1000):
-            number = (versions(store, name) or [0])[-1] + 1
+            number = max(number, (versions(store, name) or [0])[-1]) + 1
             manifest.update(format=MANIFEST_FORMAT, name=name, version=number)
             _write_json(work / MANIFEST, manifest)
             try:
@@ -165,10 +224,13 @@ def read_manifest(path: Path) -> dict[str, Any]:
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise ModelStoreError(f"{manifest_path} is missing: this is not a complete model version")
+    check_size(manifest_path, MAX_MANIFEST_BYTES, "a manifest may have: not one nextword wrote")
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelStoreError(f"{manifest_path} is not valid JSON ({error})") from error
+        raise ModelStoreError(f"{manifest_path} is not valid JSON ({error})") from None
+    except RecursionError:  # arrays or objects nested thousands deep
+        raise ModelStoreError(f"{manifest_path} is not a manifest (nested too deep)") from None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else None
         raise ModelStoreError(
@@ -179,9 +241,17 @@ def read_manifest(path: Path) -> dict[str, Any]:
     if not isinstance(files, dict) or WEIGHTS not in files or TOKENIZER not in files:
         raise ModelStoreError(f"{manifest_path} does not list the weights and tokenizer files")
     for file_name, expected in files.items():
-        file_path = path / str(file_name)
+        if not isinstance(expected, str):
+            raise ModelStoreError(
+                f"{manifest_path} gives {file_name!r} a sha256 that is not a string "
+                f"({type(expected).__name__}): copy the version folder again or retrain"
+            )
+        # One file name in the folder: not a path, not empty, no NUL (which the OS refuses).
+        if file_name in ("", ".", "..") or "/" in file_name or "\0" in file_name:
+            raise ModelStoreError(f"{manifest_path} lists a file outside its folder: {file_name!r}")
+        file_path = path / file_name
         if not file_path.resolve().is_relative_to(path.resolve()):
-            raise ModelStoreError(f"{manifest_path} lists a file outside its folder: {file_name}")
+            raise ModelStoreError(f"{manifest_path} lists a file outside its folder: {file_name!r}")
         if not file_path.is_file():
             raise ModelStoreError(f"{file_path} is missing: copy the whole version folder again")
         if sha256_file(file_path) != expected:
@@ -190,6 +260,13 @@ def read_manifest(path: Path) -> dict[str, Any]:
                 "copy the version folder again or retrain"
             )
     return manifest
+
+
+def check_size(file: Path, limit: int, allowed: str) -> None:
+    """Refuse a file larger than `limit` bytes before anything reads it whole."""
+    size = file.stat().st_size if file.is_file() else 0
+    if size > limit:
+        raise ModelStoreError(f"{file} is {size} bytes, more than the {limit} bytes {allowed}")
 
 
 def load_weights(path: Path) -> dict[str, np.ndarray]:

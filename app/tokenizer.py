@@ -17,7 +17,7 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
@@ -221,16 +221,36 @@ class Tokenizer:
 
     @classmethod
     def from_json(cls, text: str) -> Tokenizer:
+        """Raises TokenizerError (one line) for anything but a tokenizer written by `to_json`."""
         try:
             payload = json.loads(text)
-            if payload.get("format") != TOKENIZER_FORMAT:
+        except json.JSONDecodeError as error:
+            raise TokenizerError(f"not a nextword tokenizer file ({error})") from None
+        except RecursionError:  # arrays or objects nested thousands deep
+            raise TokenizerError("not a nextword tokenizer file (nested too deep)") from None
+        if not isinstance(payload, dict):
+            raise TokenizerError(
+                f"not a nextword tokenizer file (a JSON {type(payload).__name__}, not an object)"
+            )
+        if payload.get("format") != TOKENIZER_FORMAT:
+            raise TokenizerError(
+                f"tokenizer format {payload.get('format')!r} is not {TOKENIZER_FORMAT}"
+            )
+        settings = payload.get("config")
+        if not isinstance(settings, dict):
+            raise TokenizerError("tokenizer config must be an object of settings")
+        kinds = {f.name: type(f.default) for f in fields(TokenizerConfig)}  # bool or str
+        for key, value in settings.items():
+            if key not in kinds:
+                raise TokenizerError(f"tokenizer config has an unknown setting {key!r}")
+            # bool, not an int (True == 1); str, not a list (a config must be hashable).
+            if type(value) is not kinds[key]:
                 raise TokenizerError(
-                    f"tokenizer format {payload.get('format')!r} is not {TOKENIZER_FORMAT}"
+                    f"tokenizer config {key!r} must be a {kinds[key].__name__}, "
+                    f"not {type(value).__name__}"
                 )
-            config = TokenizerConfig(**payload["config"])
-            vocabulary = payload["vocabulary"]
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
-            raise TokenizerError(f"not a nextword tokenizer file ({error})") from error
+        config = TokenizerConfig(**settings)  # its own checks raise TokenizerError
+        vocabulary = payload.get("vocabulary")
         if not isinstance(vocabulary, list) or not all(isinstance(w, str) for w in vocabulary):
             raise TokenizerError("tokenizer vocabulary must be a list of words")
         return cls(config, vocabulary)

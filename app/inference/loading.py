@@ -8,7 +8,9 @@ then makes one prediction, whose probabilities must be finite.
 
 from __future__ import annotations
 
+import json
 import math
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,13 @@ from app.inference.predictor import ModelInfo, Predictor
 from app.inference.weights import Architecture, weights_from_arrays
 from app.store import ModelStoreError
 from app.tokenizer import Tokenizer, TokenizerError
+
+# A tokenizer file's size allowed per word of the architecture's vocabulary (PTB's: 13 bytes a
+# word; a word of 14 four-byte characters, quoted and indented: 62), plus its settings.
+TOKENIZER_BYTES_PER_WORD = 64
+TOKENIZER_SLACK_BYTES = 64 << 10
+# A safetensors header names each array's type, shape and offsets: a few hundred bytes here.
+MAX_HEADER_BYTES = 1 << 20
 
 
 def load_predictor(
@@ -41,13 +50,22 @@ def _read(path: Path, cache_size: int) -> Predictor:
     manifest = store.read_manifest(path)  # format and sha256 of every file
     try:
         architecture = Architecture.from_manifest(manifest.get("architecture"))
-    except ValueError as error:
+    except (ValueError, OverflowError) as error:  # OverflowError: a size of 1e999 (infinity)
         raise ModelStoreError(
             f"{path / store.MANIFEST}: {error}: retrain the model or upgrade nextword"
         ) from None
+    vocab = architecture.vocab_size
+    # Nothing is read whole before its size fits the architecture: a refused version costs
+    # bounded memory (a 1,000,000-word tokenizer for weights of 10,000 words is never parsed).
+    store.check_size(
+        path / store.TOKENIZER,
+        TOKENIZER_BYTES_PER_WORD * vocab + TOKENIZER_SLACK_BYTES,
+        f"a tokenizer of {vocab} words (the manifest's architecture) may have",
+    )
+    _check_weights_header(path / store.WEIGHTS, _shapes(architecture))
     try:
-        tokenizer = Tokenizer.load(path / store.TOKENIZER)
-    except (TokenizerError, UnicodeDecodeError) as error:
+        tokenizer = _load_tokenizer(path / store.TOKENIZER, vocab)
+    except (TokenizerError, UnicodeDecodeError, RecursionError) as error:
         raise ModelStoreError(
             f"{path / store.TOKENIZER} cannot be used ({error}): copy the version folder "
             "again or retrain"
@@ -76,6 +94,79 @@ def _read(path: Path, cache_size: int) -> Predictor:
         created=str(manifest.get("created") or "") or None,
     )
     return Predictor(weights, tokenizer, info, cache_size)
+
+
+def _load_tokenizer(file: Path, vocab: int) -> Tokenizer:
+    """The tokenizer, once its word count is the architecture's (before the index is built)."""
+    text = file.read_text(encoding="utf-8")
+    payload = json.loads(text) if text.strip() else None
+    words = payload.get("vocabulary") if isinstance(payload, dict) else None
+    if isinstance(words, list) and len(words) != vocab:
+        raise ModelStoreError(
+            f"{file} has {len(words)} words but the weights have {vocab}: the files come from "
+            "different models; copy the version folder again or retrain"
+        )
+    del payload, words
+    return Tokenizer.from_json(text)
+
+
+def _shapes(architecture: Architecture) -> dict[str, tuple[int, ...]]:
+    """The arrays an architecture needs (as app.inference.weights checks them once loaded)."""
+    vocab, embed, hidden = (
+        architecture.vocab_size,
+        architecture.embedding_dim,
+        architecture.hidden_units,
+    )
+    shapes: dict[str, tuple[int, ...]] = {
+        "embedding": (vocab, embed),
+        "rnn.input_kernel": (embed, hidden),
+        "rnn.recurrent_kernel": (hidden, hidden),
+        "rnn.bias": (hidden,),
+        "output.bias": (vocab,),
+    }
+    if architecture.projected:
+        shapes["projection.kernel"] = (hidden, embed)
+    if not architecture.tied:
+        shapes["output.kernel"] = (hidden, vocab)
+    return shapes
+
+
+def _check_weights_header(file: Path, shapes: dict[str, tuple[int, ...]]) -> None:
+    """The weights file's size and its safetensors header against the architecture, reading
+    only the header: a file of other arrays, or with bytes beyond them, is not loaded."""
+    largest = 8 + MAX_HEADER_BYTES + 8 * sum(math.prod(shape) for shape in shapes.values())
+    store.check_size(file, largest, "the weights of the manifest's architecture may have")
+    try:
+        with file.open("rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            if length > MAX_HEADER_BYTES:
+                raise ValueError(f"a header of {length} bytes")
+            header = json.loads(handle.read(length))
+        found = {k: v for k, v in header.items() if k != "__metadata__"}
+        described = {name: tuple(int(n) for n in entry["shape"]) for name, entry in found.items()}
+        end = max((int(entry["data_offsets"][1]) for entry in found.values()), default=0)
+    except (struct.error, ValueError, KeyError, TypeError, AttributeError, IndexError) as error:
+        raise ModelStoreError(f"{file} cannot be read ({error})") from None
+    size = file.stat().st_size
+    if size != 8 + length + end:
+        raise ModelStoreError(
+            f"{file} cannot be read (it is {size} bytes; its header describes {8 + length + end})"
+        )
+    problem = ""
+    if unexpected := sorted(set(described) - set(shapes)):
+        problem = f"unexpected arrays {unexpected} for this architecture"
+    for name, shape in shapes.items():
+        if problem:
+            break
+        if name not in described:
+            problem = f"array {name!r} is missing"
+        elif described[name] != shape:
+            problem = f"array {name!r} has shape {described[name]}, expected {shape}"
+    if problem:
+        raise ModelStoreError(
+            f"{file} does not fit the architecture in its manifest ({problem}): copy the "
+            "version folder again or retrain"
+        )
 
 
 def probe(predictor: Predictor) -> None:

@@ -111,6 +111,7 @@ class ModelManager:
         self._reloading = asyncio.Lock()  # a poll and an admin request never load at once
         self._retiring: set[asyncio.Task[None]] = set()
         self._poller: asyncio.Task[None] | None = None
+        self._unrecognised: set[str] = set()  # names in the model's folder already reported
 
     def refusals(self) -> list[Refusal]:
         """Refused versions, most recent first."""
@@ -209,6 +210,7 @@ class ModelManager:
         return ReloadOutcome("loaded", number)
 
     def _resolve(self, version: int | None) -> tuple[int, Path]:
+        self._report_unrecognised()
         wanted: int | str = self.settings.model_version if version is None else version
         path = store.version_dir(self.settings.model_store, self.settings.model_name, wanted)
         if not path.is_dir():
@@ -218,6 +220,16 @@ class ModelManager:
                 "_VERSION)"
             )
         return int(path.name), path
+
+    def _report_unrecognised(self) -> None:
+        """One warning when entries that are not versions (`01`, `²`, a file) appear in the
+        model's folder, not one per poll; an entry removed and put back is reported again."""
+        settings = self.settings
+        found = set(store.unrecognised(settings.model_store, settings.model_name))
+        new, self._unrecognised = found - self._unrecognised, found
+        if new:
+            folder = settings.model_store / settings.model_name
+            logger.warning("%s", store.describe_unrecognised(folder, new))
 
     async def _load_checked(self, number: int) -> Backend:
         predictor = await to_thread.run_sync(self._load, self.settings, number)
