@@ -77,7 +77,7 @@ def model_routes(settings: Settings) -> APIRouter:
         summary="Predict the next word",
         tags=["prediction"],
         response_model=PredictResponse,  # what the body is; predict_body writes it
-        responses=documented(400, 413, 415, 422, 503, 504),
+        responses=documented(400, 408, 413, 415, 422, 431, 503, 504),
     )
     async def predict(body: PredictRequest, backend: BackendDep) -> Response:
         """The most likely next words after `text`, with the model's probabilities.

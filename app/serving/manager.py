@@ -21,11 +21,9 @@ keep an old model in memory for ever.
 from __future__ import annotations
 
 import asyncio
-import gc
 import hashlib
 import logging
 import time
-import traceback
 from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import suppress
@@ -40,7 +38,7 @@ from app import store
 from app.inference.backend import Backend
 from app.inference.loading import load_predictor, probe
 from app.inference.predictor import Predictor
-from app.serving.memory import release_large_frees_to_the_os, trim_free_memory
+from app.serving.memory import collect_garbage, forget_frames, release_large_frees_to_the_os
 from app.settings import Settings
 from app.store import ModelStoreError
 
@@ -189,12 +187,12 @@ class ModelManager:
         try:
             fresh = await self._load_checked(number)
         except ModelStoreError as error:
-            reason = _forget(error)
+            reason = forget_frames(error)
         except Exception as error:  # a bug or MemoryError: refused too, with its traceback
             logger.exception("loading model %s v%d failed", self.settings.model_name, number)
-            reason = f"{type(error).__name__}: {_forget(error)}"
+            reason = f"{type(error).__name__}: {forget_frames(error)}"
         if fresh is None:  # refused: what the version loaded goes back before the answer
-            await self._collect()
+            await collect_garbage()
             return self._refuse(number, print_, reason)
         old, self.current = self.current, fresh  # the swap: one reference, atomic
         self._fingerprint = print_
@@ -274,18 +272,8 @@ class ModelManager:
         except Exception:
             logger.exception("closing model v%d failed", old.info.version)
         del old
-        await self._collect()
+        await collect_garbage()
         self._release_if_alone()
-
-    async def _collect(self) -> None:
-        """Free a retired or refused model's objects, cycles included, then give the pages back.
-        The objects of start-up are frozen out of the collector's sight (app.api.app); a model
-        loaded then is among them, so they are unfrozen for this one collection and frozen
-        again."""
-        gc.unfreeze()
-        gc.collect()
-        gc.freeze()
-        await to_thread.run_sync(trim_free_memory)
 
     def _release_if_alone(self) -> None:
         """Let the current model fork its model process once no other model is in memory (no
@@ -296,18 +284,3 @@ class ModelManager:
         )
         if not busy and self.current is not None:
             self.current.hold_process(False)
-
-
-def _forget(error: BaseException) -> str:
-    """The message of a refused version's error, once its tracebacks let go of what the load
-    made: their frames (the loader's, the probe's, anyio's worker) hold the half-loaded model,
-    in a cycle with the error that only a full collection would break."""
-    reason = str(error)
-    seen: set[int] = set()
-    found: BaseException | None = error
-    while found is not None and id(found) not in seen:
-        seen.add(id(found))
-        traceback.clear_frames(found.__traceback__)
-        found.__traceback__ = None
-        found = found.__cause__ or found.__context__
-    return reason

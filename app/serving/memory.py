@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import logging
+import traceback
+
+from anyio import to_thread
 
 logger = logging.getLogger("nextword")
 
@@ -44,3 +48,28 @@ def trim_free_memory() -> None:
     libc = _glibc()
     if libc is not None and hasattr(libc, "malloc_trim"):
         libc.malloc_trim(0)
+
+
+async def collect_garbage() -> None:
+    """Free a retired or refused model's objects, cycles included, then give the pages back.
+    The objects of start-up are frozen out of the collector's sight (app.api.app); a model
+    loaded then is among them, so they are unfrozen for this one collection and frozen again."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+    await to_thread.run_sync(trim_free_memory)
+
+
+def forget_frames(error: BaseException) -> str:
+    """The message of a refused version's error, once its tracebacks let go of what the load
+    made: their frames (the loader's, the probe's, anyio's worker) hold the half-loaded model,
+    in a cycle with the error that only a full collection would break."""
+    reason = str(error)
+    seen: set[int] = set()
+    found: BaseException | None = error
+    while found is not None and id(found) not in seen:
+        seen.add(id(found))
+        traceback.clear_frames(found.__traceback__)
+        found.__traceback__ = None
+        found = found.__cause__ or found.__context__
+    return reason
