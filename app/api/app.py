@@ -1,8 +1,8 @@
 """The FastAPI application: `create_app(settings)`.
 
 The model is loaded by the lifespan when the server starts (never at import), held by a
-`ModelManager` that swaps in new versions as they are published, and leased to each request
-(`app.api.deps`). A model that cannot be loaded stops the start-up with a one-line
+`ModelManager` that swaps in new versions as they are published, and handed to each request
+as its backend (`app.api.routes.get_backend`). A model that cannot be loaded stops the start-up with a one-line
 message naming the file and the fix. Run it with `nextword serve`, or with
 `uvicorn --factory app.api.app:create_app`.
 
