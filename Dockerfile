@@ -13,7 +13,7 @@
 #   serve         `nextword serve`: the TF-free base install + the models in model_store/
 #
 # Dependencies are installed from the lists in pyproject.toml, at the versions pinned in
-# requirements/lock.txt (pip constraints), before any source is copied, so a change under app/
+# requirements/constraints.txt (pip constraints), before any source is copied, so a change under app/
 # rebuilds only the wheel and one small layer.
 
 # ---------------------------------------------------------------------------------------
@@ -43,8 +43,8 @@ open('/requirements-train.txt', 'w').write('\n'.join(base + train) + '\n')"
 # ---------------------------------------------------------------------------------------
 FROM base AS wheel
 # The build backend at the locked versions (the lock holds setuptools and wheel).
-COPY requirements/lock.txt /tmp/lock.txt
-RUN pip install --no-cache-dir -c /tmp/lock.txt setuptools wheel
+COPY requirements/constraints.txt /tmp/constraints.txt
+RUN pip install --no-cache-dir -c /tmp/constraints.txt setuptools wheel
 WORKDIR /src
 # README.m[d]: the readme named in pyproject.toml, copied when it exists.
 COPY pyproject.toml README.m[d] ./
@@ -59,9 +59,9 @@ RUN pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /wheels 
 # Writes /app/model_store/<name>/<next version>/ (the working directory's model_store).
 FROM base AS train
 COPY --from=requirements /requirements-train.txt /tmp/requirements-train.txt
-COPY requirements/lock.txt /tmp/lock.txt
-RUN pip install --no-cache-dir -c /tmp/lock.txt -r /tmp/requirements-train.txt \
- && rm /tmp/requirements-train.txt /tmp/lock.txt
+COPY requirements/constraints.txt /tmp/constraints.txt
+RUN pip install --no-cache-dir -c /tmp/constraints.txt -r /tmp/requirements-train.txt \
+ && rm /tmp/requirements-train.txt /tmp/constraints.txt
 COPY --from=wheel /wheels/ /tmp/wheels/
 RUN pip install --no-cache-dir --no-deps /tmp/wheels/*.whl && rm -rf /tmp/wheels
 # Writable caches for any --user (Keras and Matplotlib write to the home folder otherwise).
@@ -76,10 +76,10 @@ CMD ["--help"]
 # Serving image (default target): no TensorFlow, NumPy forward pass.
 FROM base AS serve
 COPY --from=requirements /requirements.txt /tmp/requirements.txt
-COPY requirements/lock.txt /tmp/lock.txt
+COPY requirements/constraints.txt /tmp/constraints.txt
 # NumPy's own test suite (~17 MB) is never run here: dropped to keep the image small.
-RUN pip install --no-cache-dir -c /tmp/lock.txt -r /tmp/requirements.txt \
- && rm /tmp/requirements.txt /tmp/lock.txt \
+RUN pip install --no-cache-dir -c /tmp/constraints.txt -r /tmp/requirements.txt \
+ && rm /tmp/requirements.txt /tmp/constraints.txt \
  && find "$(python -c 'import numpy, os; print(os.path.dirname(numpy.__file__))')" \
         -depth -type d -name tests -exec rm -rf {} +
 # The models baked in: every published version under model_store/ (.dockerignore drops the

@@ -1,4 +1,4 @@
-"""Compare `pip freeze` output with the pins in requirements/lock.txt.
+"""Compare `pip freeze` output with the pins in requirements/constraints.txt.
 
     docker run --rm --entrypoint pip nextword freeze | python requirements/check_freeze.py
     python requirements/check_freeze.py freeze.txt --allow nextword
@@ -18,7 +18,7 @@ import re
 import sys
 from pathlib import Path
 
-LOCK = Path(__file__).with_name("lock.txt")
+LOCK = Path(__file__).with_name("constraints.txt")
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)")
 
 

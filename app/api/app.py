@@ -2,9 +2,9 @@
 
 The model is loaded by the lifespan when the server starts (never at import), held by a
 `ModelManager` that swaps in new versions as they are published, and handed to each request
-as its backend (`app.api.routes.get_backend`). A model that cannot be loaded stops the start-up with a one-line
-message naming the file and the fix. Run it with `nextword serve`, or with
-`uvicorn --factory app.api.app:create_app`.
+as its backend (`app.api.routes.get_backend`). A model that cannot be loaded stops the
+start-up with a one-line message naming the file and the fix. Run it with `nextword serve`, or
+with `uvicorn --factory app.api.app:create_app`.
 
 Requests pass through, outermost first:
 

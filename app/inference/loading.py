@@ -62,7 +62,7 @@ def _read(path: Path, cache_size: int) -> Predictor:
         TOKENIZER_BYTES_PER_WORD * vocab + TOKENIZER_SLACK_BYTES,
         f"a tokenizer of {vocab} words (the manifest's architecture) may have",
     )
-    _check_weights_header(path / store.WEIGHTS, _shapes(architecture))
+    _check_weights_header(path / store.WEIGHTS, architecture.shapes())
     try:
         tokenizer = _load_tokenizer(path / store.TOKENIZER, vocab)
     except (TokenizerError, UnicodeDecodeError, RecursionError) as error:
@@ -108,27 +108,6 @@ def _load_tokenizer(file: Path, vocab: int) -> Tokenizer:
         )
     del payload, words
     return Tokenizer.from_json(text)
-
-
-def _shapes(architecture: Architecture) -> dict[str, tuple[int, ...]]:
-    """The arrays an architecture needs (as app.inference.weights checks them once loaded)."""
-    vocab, embed, hidden = (
-        architecture.vocab_size,
-        architecture.embedding_dim,
-        architecture.hidden_units,
-    )
-    shapes: dict[str, tuple[int, ...]] = {
-        "embedding": (vocab, embed),
-        "rnn.input_kernel": (embed, hidden),
-        "rnn.recurrent_kernel": (hidden, hidden),
-        "rnn.bias": (hidden,),
-        "output.bias": (vocab,),
-    }
-    if architecture.projected:
-        shapes["projection.kernel"] = (hidden, embed)
-    if not architecture.tied:
-        shapes["output.kernel"] = (hidden, vocab)
-    return shapes
 
 
 def _check_weights_header(file: Path, shapes: dict[str, tuple[int, ...]]) -> None:

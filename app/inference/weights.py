@@ -27,6 +27,22 @@ class Architecture:
     def projected(self) -> bool:
         return self.tied and self.embedding_dim != self.hidden_units
 
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """The exported arrays this architecture needs, by name, with their shapes."""
+        vocab, embed, hidden = self.vocab_size, self.embedding_dim, self.hidden_units
+        shapes: dict[str, tuple[int, ...]] = {
+            "embedding": (vocab, embed),
+            "rnn.input_kernel": (embed, hidden),
+            "rnn.recurrent_kernel": (hidden, hidden),
+            "rnn.bias": (hidden,),
+            "output.bias": (vocab,),
+        }
+        if self.projected:
+            shapes["projection.kernel"] = (hidden, embed)
+        if not self.tied:
+            shapes["output.kernel"] = (hidden, vocab)
+        return shapes
+
     @classmethod
     def from_manifest(cls, architecture: Any) -> Architecture:
         """Raises ValueError when the manifest describes a model this engine cannot run."""
@@ -53,22 +69,7 @@ def weights_from_arrays(arrays: Mapping[str, np.ndarray], architecture: Architec
 
     Raises ValueError naming the first array that is missing, misshapen or not finite.
     """
-    vocab, embed, hidden = (
-        architecture.vocab_size,
-        architecture.embedding_dim,
-        architecture.hidden_units,
-    )
-    expected: dict[str, tuple[int, ...]] = {
-        "embedding": (vocab, embed),
-        "rnn.input_kernel": (embed, hidden),
-        "rnn.recurrent_kernel": (hidden, hidden),
-        "rnn.bias": (hidden,),
-        "output.bias": (vocab,),
-    }
-    if architecture.projected:
-        expected["projection.kernel"] = (hidden, embed)
-    if not architecture.tied:
-        expected["output.kernel"] = (hidden, vocab)
+    expected = architecture.shapes()
     unexpected = sorted(set(arrays) - set(expected))
     if unexpected:
         raise ValueError(f"unexpected arrays {unexpected} for this architecture")
