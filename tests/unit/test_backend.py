@@ -9,23 +9,9 @@ import asyncio
 import pytest
 from support.answers import assert_same_answer
 from support.backends import check, children, forks, queries, run, turns, until
-from support.models import random_predictor
 
 from app.inference.backend import BUSY_WINDOW_S, LONG_TEXT, Backend
 from app.inference.predictor import Prediction, Predictor, Query
-
-
-@pytest.fixture(scope="module")
-def reference() -> Predictor:
-    """The answers expected: each query computed alone, from scratch."""
-    return random_predictor(cache_size=0)
-
-
-@pytest.fixture
-def predictor() -> Predictor:
-    """The served model: the same weights as `reference`, its own cache."""
-    return random_predictor()
-
 
 # --- settings -----------------------------------------------------------------------------------
 

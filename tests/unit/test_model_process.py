@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from support.backends import check, children, forks, queries, run, until
-from support.models import REPO, random_predictor
+from support.models import REPO
 
 from app.inference import backend as backend_module
 from app.inference.backend import Backend
@@ -25,18 +25,6 @@ from app.inference.model_process import NICENESS, ModelProcess, ModelProcessGone
 from app.inference.predictor import Prediction, Predictor, Query
 
 pytestmark = forks
-
-
-@pytest.fixture(scope="module")
-def reference() -> Predictor:
-    """The answers expected: each query computed alone, from scratch."""
-    return random_predictor(cache_size=0)
-
-
-@pytest.fixture
-def predictor() -> Predictor:
-    """The served model: the same weights as `reference`, its own cache."""
-    return random_predictor()
 
 
 def gone(pid: int) -> bool:
