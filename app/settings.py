@@ -21,6 +21,7 @@
     NEXTWORD_BATCH_MAX_SIZE  most concurrent requests in one batch                  (8)
     NEXTWORD_BATCH_MAX_WAIT_MS  longest wait for a batch to fill; alone: none       (0)
     NEXTWORD_MODEL_PROCESS   compute batches in a forked process                (true on Linux)
+    NEXTWORD_BLOCKLIST       a file of words never suggested, added to the shipped list  (none)
 
 Every value is checked when the settings are made, so a bad one stops the server before it
 starts, with a message naming the variable.
@@ -35,6 +36,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.inference.blocklist import BlocklistError, read_blocklist
 from app.store import check_name
 
 ENV_PREFIX = "NEXTWORD_"
@@ -103,6 +105,9 @@ class Settings(BaseSettings):
     admin_key: SecretStr | None = None
     # NoDecode: the variable is a comma-separated list, not JSON.
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # --- what is never suggested (app.inference.blocklist) ---
+    # The user's own words, added to the shipped list of offensive English words.
+    blocklist: Path | None = None
 
     @field_validator("model_name")
     @classmethod
@@ -131,6 +136,27 @@ class Settings(BaseSettings):
         # server open or guessable.
         if value is not None and len(value.get_secret_value()) < 16:
             raise ValueError("must be at least 16 characters (or not set at all)")
+        return value
+
+    @field_validator("blocklist", mode="before")
+    @classmethod
+    def _blocklist_is_not_blank(cls, value: Any) -> Any:
+        # A blank variable would be the path ".", a folder; refused rather than ignored, like a
+        # blank key, as it was meant to name a file.
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must name a file of words (or not be set at all)")
+        return value
+
+    @field_validator("blocklist")
+    @classmethod
+    def _blocklist_is_readable(cls, value: Path | None) -> Path | None:
+        # Read here only to check it (the server reads it again to use it): a missing or
+        # mis-encoded file then stops start-up with one line naming the variable.
+        if value is not None:
+            try:
+                read_blocklist(value)
+            except BlocklistError as error:
+                raise ValueError(str(error)) from None
         return value
 
     @field_validator("cors_origins", mode="before")
