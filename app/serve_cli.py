@@ -162,12 +162,18 @@ class AccessLogRedaction(logging.Filter):
 
 
 def _run_predict(args: argparse.Namespace) -> int:
+    from app.inference.blocklist import load_blocklist
     from app.inference.loading import load_predictor
 
     if not 1 <= args.top_k <= 100:
         raise ValueError(f"--top-k must be between 1 and 100, not {args.top_k}")
     settings = model_settings(args)
-    predictor = load_predictor(settings.model_store, settings.model_name, settings.model_version)
+    predictor = load_predictor(
+        settings.model_store,
+        settings.model_name,
+        settings.model_version,
+        blocklist=load_blocklist(settings.blocklist),
+    )
     prediction = predictor.predict(" ".join(args.text), args.top_k, args.include_special)
     info = predictor.info
     print(f"{info.name} v{info.version} read: {' '.join(prediction.tokens)}")

@@ -203,6 +203,10 @@ class Tokenizer:
             ids.extend(self.encode(line, end_of_line=True))
         return np.asarray(ids, dtype=np.int32)
 
+    def id_of(self, word: str) -> int | None:
+        """The id of a word of the vocabulary (None if it is not one)."""
+        return self._index.get(word)
+
     def decode(self, ids: Iterable[int]) -> list[str]:
         return [self.vocabulary[i] for i in ids]
 

@@ -80,14 +80,16 @@ def model_routes(settings: Settings) -> APIRouter:
         responses=documented(400, 408, 413, 415, 422, 431, 503, 504),
     )
     async def predict(body: PredictRequest, backend: BackendDep) -> Response:
-        """The most likely next words after `text`, with the model's probabilities.
+        """The most likely next words after `text`, or completions of the word being typed at
+        its end, with the model's probabilities; with `phrase_words`, phrases too.
 
         The text is read as the model was trained: standardised as its tokenizer says, starting
-        a fresh sentence; words outside the vocabulary become the unknown token.
+        a fresh sentence; words outside the vocabulary become the unknown token. Blocked words
+        (a shipped list of offensive words, and NEXTWORD_BLOCKLIST) are never offered.
         """
         if len(body.text) > settings.max_text_chars:
             raise TextTooLong(len(body.text), settings.max_text_chars)
-        query = Query(body.text, body.top_k, body.include_special)
+        query = Query(body.text, body.top_k, body.include_special, body.phrase_words)
         # Cancelled at the deadline: a query still queued is dropped; one already computing
         # finishes there, and the 504 follows it.
         deadline = asyncio.timeout(settings.predict_timeout_s)
@@ -98,7 +100,10 @@ def model_routes(settings: Settings) -> APIRouter:
             if not deadline.expired():
                 raise  # not ours: a bug, reported as one
             raise PredictionTimedOut(settings.predict_timeout_s) from None
-        return Response(predict_body(prediction, backend.info), media_type="application/json")
+        return Response(
+            predict_body(prediction, backend.info, phrases=body.phrase_words > 1),
+            media_type="application/json",
+        )
 
     router.get(
         "/models",

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import to_json
 
 from app.inference.predictor import ModelInfo, Prediction
@@ -16,6 +16,9 @@ from app.serving.manager import ModelManager, Refusal, ReloadOutcome
 # default) is checked in the route, since a schema cannot read settings.
 TEXT_CEILING = 1_000_000
 MAX_TOP_K = 100
+MAX_PHRASE_WORDS = 5
+# Phrases are found by a beam as wide as top_k: its cost grows with both.
+MAX_PHRASE_TOP_K = 20
 
 
 class PredictRequest(BaseModel):
@@ -32,14 +35,24 @@ class PredictRequest(BaseModel):
 
     text: str = Field(
         max_length=TEXT_CEILING,
-        description="The text so far. May be empty (the first word of a sentence is predicted); "
-        "a line break ends a sentence. At most NEXTWORD_MAX_TEXT_CHARS characters (10000 by "
-        "default).",
+        description="The text so far. Ending in whitespace (or empty): the next word is "
+        "predicted. Ending in part of a word (`the cat sat on the m`): that word is completed, "
+        "with words that begin with it. A line break ends a sentence. At most "
+        "NEXTWORD_MAX_TEXT_CHARS characters (10000 by default).",
+        examples=["the company said it expects ", "the company said it ex"],
     )
     top_k: int = Field(default=5, ge=1, le=MAX_TOP_K, description="How many words to return.")
     include_special: bool = Field(
         default=False,
-        description="Also offer the unknown-word and sentence-end tokens as predictions.",
+        description="Also offer the unknown-word and sentence-end tokens as next words.",
+    )
+    phrase_words: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_PHRASE_WORDS,
+        description="Above 1, the answer also has the top_k most likely phrases of that many "
+        f"words (then top_k is at most {MAX_PHRASE_TOP_K}).",
+        examples=[3],
     )
 
     @field_validator("top_k", mode="before")
@@ -51,10 +64,30 @@ class PredictRequest(BaseModel):
             return int(value)
         return value
 
+    @field_validator("phrase_words", mode="before")
+    @classmethod
+    def _integral_phrase_words(cls, value: Any) -> Any:
+        return cls._integral_number(value)
+
+    @field_validator("phrase_words")
+    @classmethod
+    def _phrases_bounded(cls, value: int, info: ValidationInfo) -> int:
+        if value > 1 and info.data.get("top_k", 1) > MAX_PHRASE_TOP_K:
+            raise ValueError(f"with phrases, top_k must be at most {MAX_PHRASE_TOP_K}")
+        return value
+
 
 class WordProbability(BaseModel):
-    word: str
-    probability: float = Field(description="The model's probability over its whole vocabulary")
+    word: str = Field(description="As the user would write it (capitalised where due)")
+    probability: float = Field(
+        description="The model's, over its vocabulary less the blocked words; for a "
+        "completion, over the words that complete the fragment"
+    )
+
+
+class PhraseProbability(BaseModel):
+    text: str = Field(description="Its words, as the user would write them, space-separated")
+    probability: float = Field(description="The product of its words' probabilities")
 
 
 class ModelRef(BaseModel):
@@ -83,7 +116,9 @@ class PredictResponse(BaseModel):
         }
     )
 
-    next_word: str = Field(description="The most likely next word (the first prediction)")
+    next_word: str | None = Field(
+        description="The first prediction; null when no word completes the fragment"
+    )
     predictions: list[WordProbability] = Field(description="Most likely first")
     tokens: list[str] = Field(
         description="The words the model read: <eos> first (a sentence start), unknown words "
@@ -93,25 +128,36 @@ class PredictResponse(BaseModel):
         description="Words of the text the model does not know (as standardised)"
     )
     model: ModelRef
+    completing: str | None = Field(
+        default=None,
+        description="The word being typed (the end of `text`, as sent) when the predictions "
+        "complete it; null when they are next words",
+    )
+    phrases: list[PhraseProbability] | None = Field(
+        default=None, description="With phrase_words above 1: the most likely first"
+    )
 
 
-def predict_body(prediction: Prediction, model: ModelInfo) -> bytes:
+def predict_body(prediction: Prediction, model: ModelInfo, phrases: bool = False) -> bytes:
     """/predict's JSON body: a PredictResponse, written straight from the prediction (the
     values are the server's own, so they need no validation on the way out)."""
-    return to_json(
-        {
-            "next_word": prediction.words[0],
-            "predictions": [
-                {"word": word, "probability": probability}
-                for word, probability in zip(
-                    prediction.words, prediction.probabilities, strict=True
-                )
-            ],
-            "tokens": prediction.tokens,
-            "unknown_words": prediction.unknown_words,
-            "model": {"name": model.name, "version": model.version},
-        }
-    )
+    body: dict[str, Any] = {
+        "next_word": prediction.words[0] if prediction.words else None,
+        "predictions": [
+            {"word": word, "probability": probability}
+            for word, probability in zip(prediction.words, prediction.probabilities, strict=True)
+        ],
+        "tokens": prediction.tokens,
+        "unknown_words": prediction.unknown_words,
+        "model": {"name": model.name, "version": model.version},
+        "completing": prediction.completing,
+    }
+    if phrases:
+        body["phrases"] = [
+            {"text": " ".join(phrase.words), "probability": phrase.probability}
+            for phrase in prediction.phrases
+        ]
+    return to_json(body)
 
 
 class Status(BaseModel):

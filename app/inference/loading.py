@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from app import store
+from app.inference.blocklist import Blocklist
 from app.inference.predictor import ModelInfo, Predictor
 from app.inference.weights import Architecture, weights_from_arrays
 from app.store import ModelStoreError
@@ -29,9 +30,14 @@ MAX_HEADER_BYTES = 1 << 20
 
 
 def load_predictor(
-    model_store: Path, name: str, version: int | str = "latest", cache_size: int = 4096
+    model_store: Path,
+    name: str,
+    version: int | str = "latest",
+    cache_size: int = 4096,
+    blocklist: Blocklist | None = None,
 ) -> Predictor:
-    """Load and check one version (blocking: reads and hashes every file)."""
+    """Load and check one version (blocking: reads and hashes every file). The words of
+    `blocklist` are never offered."""
     path = store.version_dir(model_store, name, version)
     if not path.is_dir():
         raise ModelStoreError(
@@ -39,14 +45,14 @@ def load_predictor(
             f"{name}` or choose another (NEXTWORD_MODEL_STORE / _NAME / _VERSION)"
         )
     try:
-        return _read(path, cache_size)
+        return _read(path, cache_size, blocklist)
     except OSError as error:  # e.g. a file the server's user may not read
         raise ModelStoreError(
             f"cannot read the model in {path} ({error}): check the files and permissions"
         ) from None
 
 
-def _read(path: Path, cache_size: int) -> Predictor:
+def _read(path: Path, cache_size: int, blocklist: Blocklist | None) -> Predictor:
     manifest = store.read_manifest(path)  # format and sha256 of every file
     try:
         architecture = Architecture.from_manifest(manifest.get("architecture"))
@@ -93,7 +99,7 @@ def _read(path: Path, cache_size: int) -> Predictor:
         metrics=_mapping(manifest.get("metrics")),
         created=str(manifest.get("created") or "") or None,
     )
-    return Predictor(weights, tokenizer, info, cache_size)
+    return Predictor(weights, tokenizer, info, cache_size, blocklist)
 
 
 def _load_tokenizer(file: Path, vocab: int) -> Tokenizer:

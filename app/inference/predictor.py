@@ -4,14 +4,8 @@
     ids ── recurrent steps ──> state        all the batch's texts stepped together
     state ── output layer, softmax ──> the top_k words and their probabilities
 
-Texts are read as in training, where every corpus line is a sentence closed by <eos> and the
-stream of lines is read from a zero state:
-
-    ""              ->  <eos>                      the first word of a sentence
-    "the cat"       ->  <eos> the cat
-    "the cat\\nit"   ->  <eos> the cat <eos> it     a line break ends a sentence
-
-Blank lines add nothing (training drops them), so <eos> never follows <eos> because of them.
+Texts are read as in training (app.inference.reading): "" is <eos>, the first word of a
+sentence, and a line break ends a sentence.
 
 Type-ahead sends the same text again with a word more. Words never span a space or a line break,
 and neither changes under Unicode normalisation (NFC) or joins with the characters either side
@@ -19,105 +13,34 @@ of it, so the text before the last one reads the same on its own. Each text read
 the state it leads to (`ReadingCache`); a text whose head (all but its last word) is kept costs
 the tokenising and the recurrent steps of its last word only.
 
+A text that does not end in whitespace ends in the word being typed (app.inference.fragment):
+the model reads the text before it, and only words that begin with it are offered.
+
 Where batches are computed, and how concurrent requests become batches, is the backend's
 business (app.inference.backend); nothing here knows of the event loop or of processes.
 """
 
 from __future__ import annotations
 
-import re
-from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
-from app.inference import engine
-from app.tokenizer import Tokenizer, standardise
+from app.inference import engine, phrases
+from app.inference.blocklist import Blocklist
+from app.inference.choices import WordChoices
+from app.inference.fragment import Casing, Typed, casing_of, split_typed, starts_sentence, written
+from app.inference.queries import ModelInfo, Phrase, Prediction, Query
+from app.inference.reading import Reading, ReadingCache, read_text
+from app.tokenizer import Tokenizer
+
+__all__ = ["ModelInfo", "Phrase", "Prediction", "Predictor", "Query", "Reading", "ReadingCache"]
 
 # Ids below this are the special tokens (the Tokenizer guarantees <unk> = 0 and <eos> = 1).
 FIRST_WORD_ID = max(Tokenizer.unknown_id, Tokenizer.end_id) + 1
-# The line breaks str.splitlines() knows, which is how the training corpus was cut into lines.
-_LINE_BREAK = re.compile(r"\r\n|[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
-
-
-class Query(NamedTuple):
-    """One request: the text so far and what to return."""
-
-    text: str
-    top_k: int = 5
-    include_special: bool = False  # also offer <unk> and <eos>
-
-
-class Prediction(NamedTuple):
-    """The answer to a Query (tuples: cheap to send between processes)."""
-
-    words: tuple[str, ...]  # most likely first
-    probabilities: tuple[float, ...]  # the model's own, over the whole vocabulary
-    tokens: tuple[str, ...]  # the words read: <eos> first, unknown words as <unk>
-    unknown_words: tuple[str, ...]  # the user's words (standardised) the model does not know
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What is being served, from the folder and its manifest."""
-
-    name: str
-    version: int
-    path: Path
-    vocabulary_size: int
-    architecture: dict[str, Any]
-    metrics: dict[str, Any]
-    created: str | None = None
-
-
-@dataclass(frozen=True)
-class Reading:
-    """A text as the model reads it, and the state after it (None until computed)."""
-
-    ids: tuple[int, ...]  # always starts with <eos>
-    tokens: tuple[str, ...]
-    unknown_words: tuple[str, ...]
-    state: np.ndarray | None = None  # (hidden,), read-only
-
-
-class ReadingCache:
-    """Readings by text, least recently used dropped first: at most `max_entries`, and at most
-    CHARS_PER_ENTRY characters a entry on average (so memory is bounded however long the texts)."""
-
-    CHARS_PER_ENTRY = 256
-
-    def __init__(self, max_entries: int) -> None:
-        self.max_entries = max_entries
-        self.max_chars = max_entries * self.CHARS_PER_ENTRY
-        self.chars = 0
-        self._entries: OrderedDict[str, Reading] = OrderedDict()
-        self.hits = self.misses = 0  # a hit: the text or its head was kept
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def __contains__(self, text: str) -> bool:
-        return text in self._entries  # (a look, not a use: the order is kept)
-
-    def get(self, text: str) -> Reading | None:
-        reading = self._entries.get(text)
-        if reading is not None:
-            self._entries.move_to_end(text)
-        return reading
-
-    def put(self, text: str, reading: Reading) -> None:
-        if len(text) > self.max_chars or self.max_entries < 1:
-            return  # could never fit: keep what is there
-        if self._entries.pop(text, None) is not None:
-            self.chars -= len(text)
-        self._entries[text] = reading
-        self.chars += len(text)
-        while len(self._entries) > self.max_entries or self.chars > self.max_chars:
-            dropped, _ = self._entries.popitem(last=False)
-            self.chars -= len(dropped)
+# The fewest phrases kept at each step of a beam search: a wider beam finds likelier phrases.
+PHRASE_BEAM = 8
 
 
 class Predictor:
@@ -133,6 +56,7 @@ class Predictor:
         tokenizer: Tokenizer,
         info: ModelInfo,
         cache_size: int = 4096,
+        blocklist: Blocklist | None = None,
     ) -> None:
         if weights.vocab_size != tokenizer.size:
             raise ValueError(
@@ -143,53 +67,179 @@ class Predictor:
         self.info = info
         self.cache = ReadingCache(cache_size)
         self._zero = np.zeros(weights.hidden_units, dtype=engine.FLOAT)
+        config = tokenizer.config
+        number = tokenizer.id_of(config.number_token) if config.numbers == "replace" else None
+        self.choices = WordChoices(
+            tokenizer.vocabulary, FIRST_WORD_ID, blocklist, () if number is None else (number,)
+        )
+        # A lower-casing model's words are written as the user would type them.
+        self._cased = tokenizer.config.lowercase
 
-    def predict(self, text: str, top_k: int = 5, include_special: bool = False) -> Prediction:
-        """The `top_k` most likely next words after `text`, most likely first.
+    def predict(
+        self, text: str, top_k: int = 5, include_special: bool = False, phrase_words: int = 1
+    ) -> Prediction:
+        """The `top_k` most likely next words after `text` (or completions of the word being
+        typed at its end), most likely first.
 
         <unk> and <eos> are left out unless `include_special`; the probabilities are the
-        model's own over the whole vocabulary (not renormalised over those returned).
+        model's own over the words that may be offered (not renormalised over those returned).
         """
-        return self.predict_batch([Query(text, top_k, include_special)])[0]
+        return self.predict_batch([Query(text, top_k, include_special, phrase_words)])[0]
 
     def predict_batch(self, queries: Sequence[Query]) -> list[Prediction]:
         """`predict` for each query, their recurrent steps and output layer taken together."""
         if not queries:
             return []
         for query in queries:
-            if query.top_k < 1:
-                raise ValueError(f"top_k must be 1 or more, not {query.top_k}")
-        pending = [self._pending(query.text) for query in queries]
-        best = engine.next_words(
-            self.weights,
-            self._states(pending),
-            [query.top_k for query in queries],
+            if query.top_k < 1 or query.phrase_words < 1:
+                raise ValueError(f"top_k and phrase_words must be 1 or more: {query}")
+        typed = [split_typed(query.text, self.tokenizer.config) for query in queries]
+        pending = [self._pending(item.context) for item in typed]
+        states = self._states(pending)
+        scores = engine.logits(self.weights, states)  # (batch, vocab)
+        scores[:, self.choices.blocked_ids] = -np.inf  # removed; the softmax renormalises
+        # A completion is chosen among its candidates by their own softmax: taken before the
+        # softmax of the whole rows overwrites the scores.
+        completions = [
+            None if item.fragment is None else self._completions(scores[row], item.stem)
+            for row, item in enumerate(typed)
+        ]
+        probabilities = engine.softmax(scores, in_place=True)
+        best = engine.top_k_rows(
+            probabilities,
+            [0 if done else query.top_k for query, done in zip(queries, completions, strict=True)],
             [0 if query.include_special else FIRST_WORD_ID for query in queries],
         )
-        vocabulary = self.tokenizer.vocabulary
-        return [
-            Prediction(
-                tuple(vocabulary[i] for i in ids.tolist()),
-                tuple(_shortest(p) for p in probabilities.tolist()),
-                item.reading.tokens,
-                item.reading.unknown_words,
+        answers = []
+        for row, (query, item, completion) in enumerate(
+            zip(queries, typed, completions, strict=True)
+        ):
+            if completion is None:  # the next word
+                ids = best[row][~np.isin(best[row], self.choices.blocked_ids)]  # (ties at 0)
+                shown = (ids, probabilities[row, ids])
+                first = (self.choices.offered_ids, probabilities[row])
+            else:  # the best of the words that complete the fragment
+                order = engine.top_k_rows(completion[1][None, :], [query.top_k], [0])[0]
+                shown = (completion[0][order], completion[1][order])
+                first = completion
+            answers.append(
+                self._answer(query, item, pending[row].reading, states[row], shown, first)
             )
-            for item, (ids, probabilities) in zip(pending, best, strict=True)
-        ]
+        return answers
+
+    def _completions(self, scores: np.ndarray, stem: str) -> tuple[np.ndarray, np.ndarray]:
+        """The ids of the words that begin with `stem`, and their probabilities among them."""
+        ids = self.choices.completions(stem)
+        return ids, engine.softmax(scores[ids]) if ids.size else scores[ids]
+
+    def _answer(
+        self,
+        query: Query,
+        typed: Typed,
+        reading: Reading,
+        state: np.ndarray,
+        shown: tuple[np.ndarray, np.ndarray],
+        first: tuple[np.ndarray, np.ndarray],
+    ) -> Prediction:
+        """The words `shown` as the user would write them, and with phrase_words, phrases whose
+        first word is one of `first` (ids and their probabilities, or a whole row of them)."""
+        ids, chosen = shown
+        casing = casing_of(typed.fragment, starts_sentence(typed.context)) if self._cased else None
+        vocabulary = self.tokenizer.vocabulary
+        found: tuple[Phrase, ...] = ()
+        if query.phrase_words > 1:
+            first_ids, first_probabilities = first
+            if len(first_probabilities) != len(first_ids):  # a whole row
+                first_probabilities = first_probabilities[first_ids]
+            found = self._phrases(
+                query, typed, reading, state, first_ids, first_probabilities, casing
+            )
+        return Prediction(
+            tuple(
+                self._written(vocabulary[id_], casing) if id_ >= FIRST_WORD_ID else vocabulary[id_]
+                for id_ in ids.tolist()
+            ),
+            tuple(_shortest(p) for p in chosen.tolist()),
+            reading.tokens,
+            reading.unknown_words,
+            typed.fragment,
+            found,
+        )
+
+    def _phrases(
+        self,
+        query: Query,
+        typed: Typed,
+        reading: Reading,
+        state: np.ndarray,
+        first_ids: np.ndarray,
+        first_probabilities: np.ndarray,
+        casing: Casing | None,
+    ) -> tuple[Phrase, ...]:
+        """The query's top_k phrases. Each is kept with the state after it, under the text
+        the user has once it is taken: the next request costs the steps of one word."""
+        beam = phrases.search(
+            self.weights,
+            state,
+            first_ids,
+            first_probabilities,
+            self.choices.offered,
+            self.choices.blocked_ids,
+            query.phrase_words,
+            max(query.top_k, PHRASE_BEAM),
+        )
+        vocabulary = self.tokenizer.vocabulary
+        later = Casing.ALL if casing is Casing.ALL else Casing.AS_IS
+        found: list[Phrase] = []
+        for ids, total, after in zip(
+            beam.ids.tolist(), beam.log_probabilities.tolist(), beam.states, strict=True
+        ):
+            tokens = [vocabulary[id_] for id_ in ids]
+            if len(found) == query.top_k or total == -np.inf:
+                break
+            if self.choices.blocks_phrase(tokens):
+                continue
+            words = tuple(
+                self._written(token, casing if n == 0 else later) for n, token in enumerate(tokens)
+            )
+            found.append(Phrase(words, _shortest(np.exp(total))))
+            taken = typed.context
+            if taken and not taken[-1].isspace():
+                taken += " "
+            kept = after.copy()
+            kept.flags.writeable = False
+            self.cache.put(
+                taken + " ".join(words),
+                Reading(
+                    reading.ids + tuple(ids),
+                    reading.tokens + tuple(tokens),
+                    reading.unknown_words,
+                    kept,
+                ),
+            )
+        return tuple(found)
+
+    def _written(self, word: str, casing: Casing | None) -> str:
+        return word if casing is None else written(word, casing)
 
     def kept(self, text: str) -> Reading | None:
-        """The reading kept for `text` (with its state), if any."""
-        return self.cache.get(text)
+        """The reading kept for what `text`'s prediction reads (with its state), if any."""
+        return self.cache.get(self._context(text))
 
     def keep(self, text: str, reading: Reading) -> None:
-        """Keep a reading (with its state) made elsewhere, e.g. by the model process."""
+        """Keep a reading of `text` (with its state) made elsewhere, e.g. by the model process."""
         if reading.state is not None:
-            self.cache.put(text, reading)
+            self.cache.put(self._context(text), reading)
 
     def keeps(self, text: str) -> bool:
-        """Whether `text` or its head is kept: predicting it costs the steps of a word at most."""
-        cut = max(text.rfind(" "), text.rfind("\n"))
-        return text in self.cache or (cut > 0 and text[:cut] in self.cache)
+        """Whether what `text`'s prediction reads, or its head, is kept: predicting it costs
+        the steps of a word at most."""
+        context = self._context(text)
+        cut = max(context.rfind(" "), context.rfind("\n"))
+        return context in self.cache or (cut > 0 and context[:cut] in self.cache)
+
+    def _context(self, text: str) -> str:
+        return split_typed(text, self.tokenizer.config).context
 
     # --- text -> ids ------------------------------------------------------------------------
 
@@ -207,32 +257,11 @@ class Predictor:
         head = self.cache.get(text[:cut]) if cut > 0 else None
         if head is None:
             self.cache.misses += 1
-            return _Pending(text, self._read(text), 0, None)
+            return _Pending(text, read_text(self.tokenizer, text), 0, None)
         self.cache.hits += 1
-        return _Pending(text, self._read(text[cut:], after=head), len(head.ids), head.state)
-
-    def _read(self, text: str, after: Reading | None = None) -> Reading:
-        """Read `text` alone, or as what follows the text read as `after`."""
-        tokenizer = self.tokenizer
-        ids = list(after.ids) if after else [tokenizer.end_id]
-        unknown_words = list(after.unknown_words) if after else []
-        for number, line in enumerate(_LINE_BREAK.split(text)):
-            if number > 0 and ids[-1] != tokenizer.end_id:
-                ids.append(tokenizer.end_id)
-            line_ids = tokenizer.encode(line)
-            if tokenizer.unknown_id in line_ids:
-                # Standardised again only when there is something to report (encode maps the
-                # standardised words one to one, so the two lists line up).
-                words = standardise(line, tokenizer.config)
-                unknown_words += [
-                    word
-                    for word, id_ in zip(words, line_ids, strict=True)
-                    if id_ == tokenizer.unknown_id and word != tokenizer.config.unknown_token
-                ]
-            ids += line_ids
-        known = after.tokens if after else ()
-        tokens = known + tuple(tokenizer.decode(ids[len(known) :]))
-        return Reading(tuple(ids), tokens, tuple(unknown_words))
+        return _Pending(
+            text, read_text(self.tokenizer, text[cut:], after=head), len(head.ids), head.state
+        )
 
     # --- ids -> states ----------------------------------------------------------------------
 

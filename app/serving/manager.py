@@ -36,6 +36,7 @@ from threadpoolctl import threadpool_limits
 
 from app import store
 from app.inference.backend import Backend
+from app.inference.blocklist import BlocklistError, load_blocklist
 from app.inference.loading import load_predictor, probe
 from app.inference.predictor import Predictor
 from app.serving.memory import collect_garbage, forget_frames, release_large_frees_to_the_os
@@ -53,9 +54,14 @@ Loader = Callable[[Settings, int], Predictor]
 
 
 def load_version(settings: Settings, version: int) -> Predictor:
-    """The default Loader: one version of the configured model, from the store (blocking)."""
+    """The default Loader: one version of the configured model, from the store (blocking).
+    The blocklist is read again with each version, so an edited list takes effect with it."""
     return load_predictor(
-        settings.model_store, settings.model_name, version, cache_size=settings.cache_size
+        settings.model_store,
+        settings.model_name,
+        version,
+        cache_size=settings.cache_size,
+        blocklist=load_blocklist(settings.blocklist),
     )
 
 
@@ -186,7 +192,7 @@ class ModelManager:
         fresh: Backend | None = None
         try:
             fresh = await self._load_checked(number)
-        except ModelStoreError as error:
+        except (ModelStoreError, BlocklistError) as error:  # (the list may be edited later)
             reason = forget_frames(error)
         except Exception as error:  # a bug or MemoryError: refused too, with its traceback
             logger.exception("loading model %s v%d failed", self.settings.model_name, number)

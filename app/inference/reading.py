@@ -1,0 +1,94 @@
+"""A text as the model reads it, and the readings kept for type-ahead.
+
+Texts are read as in training, where every corpus line is a sentence closed by <eos> and the
+stream of lines is read from a zero state:
+
+    ""              ->  <eos>                      the first word of a sentence
+    "the cat"       ->  <eos> the cat
+    "the cat\\nit"   ->  <eos> the cat <eos> it     a line break ends a sentence
+
+Blank lines add nothing (training drops them), so <eos> never follows <eos> because of them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+from app.tokenizer import Tokenizer, standardise
+
+# The line breaks str.splitlines() knows, which is how the training corpus was cut into lines.
+_LINE_BREAK = re.compile(r"\r\n|[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
+
+
+@dataclass(frozen=True)
+class Reading:
+    """A text as the model reads it, and the state after it (None until computed)."""
+
+    ids: tuple[int, ...]  # always starts with <eos>
+    tokens: tuple[str, ...]
+    unknown_words: tuple[str, ...]
+    state: np.ndarray | None = None  # (hidden,), read-only
+
+
+class ReadingCache:
+    """Readings by text, least recently used dropped first: at most `max_entries`, and at most
+    CHARS_PER_ENTRY characters a entry on average (so memory is bounded however long the texts)."""
+
+    CHARS_PER_ENTRY = 256
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self.max_chars = max_entries * self.CHARS_PER_ENTRY
+        self.chars = 0
+        self._entries: OrderedDict[str, Reading] = OrderedDict()
+        self.hits = self.misses = 0  # a hit: the text or its head was kept
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, text: str) -> bool:
+        return text in self._entries  # (a look, not a use: the order is kept)
+
+    def get(self, text: str) -> Reading | None:
+        reading = self._entries.get(text)
+        if reading is not None:
+            self._entries.move_to_end(text)
+        return reading
+
+    def put(self, text: str, reading: Reading) -> None:
+        if len(text) > self.max_chars or self.max_entries < 1:
+            return  # could never fit: keep what is there
+        if self._entries.pop(text, None) is not None:
+            self.chars -= len(text)
+        self._entries[text] = reading
+        self.chars += len(text)
+        while len(self._entries) > self.max_entries or self.chars > self.max_chars:
+            dropped, _ = self._entries.popitem(last=False)
+            self.chars -= len(dropped)
+
+
+def read_text(tokenizer: Tokenizer, text: str, after: Reading | None = None) -> Reading:
+    """Read `text` alone, or as what follows the text read as `after`."""
+    ids = list(after.ids) if after else [tokenizer.end_id]
+    unknown_words = list(after.unknown_words) if after else []
+    for number, line in enumerate(_LINE_BREAK.split(text)):
+        if number > 0 and ids[-1] != tokenizer.end_id:
+            ids.append(tokenizer.end_id)
+        line_ids = tokenizer.encode(line)
+        if tokenizer.unknown_id in line_ids:
+            # Standardised again only when there is something to report (encode maps the
+            # standardised words one to one, so the two lists line up).
+            words = standardise(line, tokenizer.config)
+            unknown_words += [
+                word
+                for word, id_ in zip(words, line_ids, strict=True)
+                if id_ == tokenizer.unknown_id and word != tokenizer.config.unknown_token
+            ]
+        ids += line_ids
+    known = after.tokens if after else ()
+    tokens = known + tuple(tokenizer.decode(ids[len(known) :]))
+    return Reading(tuple(ids), tokens, tuple(unknown_words))
