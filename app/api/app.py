@@ -10,13 +10,15 @@ Requests pass through, outermost first:
 
     CORS (only when NEXTWORD_CORS_ORIGINS is set)
     BodyLimits      431 past 100 headers or 16 KiB of them, 413 past NEXTWORD_MAX_BODY_BYTES,
-                    415 for a /predict body not sent as JSON, before anything is parsed
+                    415 for a /predict or /score body not sent as JSON, before anything is
+                    parsed
     BodyDeadline    reads the whole body: 408 when it takes over NEXTWORD_BODY_TIMEOUT_S;
-                    400 for a /predict body in UTF-16 or UTF-32
+                    400 for a /predict or /score body in UTF-16 or UTF-32
     InFlightLimit   503 + Retry-After past NEXTWORD_MAX_IN_FLIGHT (not /health, /ready),
                     counting requests whose body has arrived
-    the routes      API key on /predict and /models, admin key on /admin (app.api.security);
-                    504 when /predict has no answer within NEXTWORD_PREDICT_TIMEOUT_S
+    the routes      API key on /predict, /score and /models, admin key on /admin
+                    (app.api.security); 504 when /predict or /score has no answer within
+                    NEXTWORD_PREDICT_TIMEOUT_S
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from app.api.middleware import (
     OneLineStartupError,
 )
 from app.api.routes import model_routes, probes
+from app.api.scoring import score_routes
 from app.api.security import require_admin_key, require_api_key
 from app.serving.manager import ModelManager
 from app.settings import Settings, load_settings
@@ -54,6 +57,7 @@ Keras, run here in NumPy).
 
 `POST /predict` with the text so far; the answer is the most likely next words with their
 probabilities, and the words the model actually read (unknown words shown as `<unk>`).
+`POST /score` with a whole text; the answer is its perplexity and each word's probability.
 Every error has the same body: `{"error": code, "message": text, "fields": [...]}`.
 """
 
@@ -97,15 +101,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.models = None
     app.include_router(probes)
-    if settings.api_key is None:
-        include_first(app, model_routes(settings))
-    else:
-        include_first(
-            app,
-            model_routes(settings),
-            dependencies=[Depends(require_api_key)],
-            responses=documented(401),
-        )
+    for routes in (score_routes(settings), model_routes(settings)):  # /predict ends up first
+        if settings.api_key is None:
+            include_first(app, routes)
+        else:
+            include_first(
+                app, routes, dependencies=[Depends(require_api_key)], responses=documented(401)
+            )
     if settings.admin_key is not None:  # otherwise /admin/* is not there at all: 404
         app.include_router(
             admin.router, dependencies=[Depends(require_admin_key)], responses=documented(401)
@@ -122,8 +124,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         load=app.state.load,
         exempt=["/health", "/ready"],
     )
-    app.add_middleware(BodyDeadline, timeout_s=settings.body_timeout_s, json_paths=["/predict"])
-    app.add_middleware(BodyLimits, max_bytes=settings.max_body_bytes, json_paths=["/predict"])
+    json_paths = ["/predict", "/score"]  # the routes that read a JSON body
+    app.add_middleware(BodyDeadline, timeout_s=settings.body_timeout_s, json_paths=json_paths)
+    app.add_middleware(BodyLimits, max_bytes=settings.max_body_bytes, json_paths=json_paths)
     if settings.cors_origins:
         # Outermost, so that error answers (413, 503...) carry the CORS headers a browser
         # needs to show them. No cookies are used: credentials stay off.
@@ -152,8 +155,9 @@ def _openapi_with_limits(app: FastAPI, settings: Settings) -> Callable[[], dict[
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = build()  # builds and caches app.openapi_schema
-            text = schema["components"]["schemas"]["PredictRequest"]["properties"]["text"]
-            text["maxLength"] = settings.max_text_chars
+            for request in ("PredictRequest", "ScoreRequest"):
+                text = schema["components"]["schemas"][request]["properties"]["text"]
+                text["maxLength"] = settings.max_text_chars
         return app.openapi_schema or {}
 
     return openapi

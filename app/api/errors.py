@@ -8,6 +8,7 @@ All error bodies have one shape, `ErrorResponse`:
                                                             the body not JSON (field `body`)
     a number too long to read          422 invalid_request  e.g. top_k of 5,000 digits
     TextTooLong                        422 invalid_request  text over NEXTWORD_MAX_TEXT_CHARS
+    TextHasNoWord                      422 invalid_request  POST /score: no word to score
     (BodyLimits middleware)            415 unsupported_media_type, 413 payload_too_large,
                                        431 request_header_fields_too_large
     (BodyDeadline middleware)          408 request_timeout      the body came too slowly;
@@ -98,6 +99,18 @@ class TextTooLong(ApiError):
     def __init__(self, length: int, limit: int) -> None:
         reason = f"{length} characters is more than the {limit} this server accepts"
         field = FieldError(field="text", message=reason, type="too_long")
+        super().__init__(f"text: {reason}", [field])
+
+
+class TextHasNoWord(ApiError):
+    """POST /score of a text that reads as no word: there is nothing to score."""
+
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+    code = "invalid_request"
+
+    def __init__(self) -> None:
+        reason = "has no word to score (it is empty, or only spaces and line breaks)"
+        field = FieldError(field="text", message=reason, type="no_word")
         super().__init__(f"text: {reason}", [field])
 
 

@@ -1,5 +1,6 @@
 """Where predictions are computed: the one place that knows of the event loop, batches and
 processes. A route calls `await backend.predict(query)`; below it is plain Predictor code.
+(`await backend.score(text)`, for /score, reads on the loop and computes in a worker thread.)
 
     predict(query): queued, and the queue is looked at the end of this loop turn
       alone, nothing running, no company for BUSY_WINDOW_S -> computed at once, on the loop
@@ -29,6 +30,7 @@ from collections.abc import Sequence
 
 from app.inference.model_process import ModelProcess, ModelProcessGone
 from app.inference.predictor import ModelInfo, Prediction, Predictor, Query
+from app.inference.scoring import NoWordToScore, Score, score_reading
 
 logger = logging.getLogger("nextword")
 
@@ -74,6 +76,7 @@ class Backend:
         self._busy_until = 0.0  # loop time until which a lone query goes to the process too
         self._closed = False
         self.in_flight = 0
+        self._scoring = 0  # texts being scored in a worker thread (see score)
         self._idle = asyncio.Event()
         self._idle.set()
         self.batches = self.rows = self.process_batches = self.process_losses = 0
@@ -130,7 +133,11 @@ class Backend:
                 self._schedule()
 
     def _offloads(self, batch: list[_Item], now: float) -> bool:
-        if self._process is None or (self._process_held and self._process.pid is None):
+        # Not forked while a score is computing in a thread: a fork copies only the forking
+        # thread, and a lock the other holds (in BLAS, in malloc) would stay held in the child.
+        if self._process is None or (
+            (self._process_held or self._scoring) and self._process.pid is None
+        ):
             return False
         if len(batch) > 1 or self._sent or now < self._busy_until:
             return True
@@ -221,6 +228,38 @@ class Backend:
             "cache_hits": cache.hits,  # this process's; the model process has a cache of its own
             "cache_misses": cache.misses,
         }
+
+    # --- scoring a whole text (POST /score) -------------------------------------------------
+
+    async def score(self, text: str) -> Score:
+        """Each token's probability given the text before it, and the text's perplexity.
+        Raises NoWordToScore when the text reads as no word.
+
+        The text is read here, on the event loop (the predictor's cache is not thread-safe);
+        the recurrent steps and the output layer run in a worker thread, where NumPy's products
+        release the GIL: on the loop, a long text would hold up every other request, /health
+        included. Counted in `in_flight` until the thread ends, even when its caller gives up
+        (a time-out): a replaced model is closed only after its last score.
+        """
+        reading = self.predictor.read(text)
+        if len(reading.ids) < 2:
+            raise NoWordToScore("the text has no word to score")
+        work = asyncio.ensure_future(
+            asyncio.to_thread(score_reading, self.predictor.weights, reading)
+        )
+        self.in_flight += 1
+        self._scoring += 1
+        self._idle.clear()
+        work.add_done_callback(self._scored)
+        return await asyncio.shield(work)
+
+    def _scored(self, work: asyncio.Future[Score]) -> None:
+        if not work.cancelled():
+            work.exception()  # retrieved: a caller that gave up leaves no "never retrieved" log
+        self._scoring -= 1
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._idle.set()
 
 
 def _settle(batch: Sequence[_Item], outcome: Sequence[Prediction] | Exception) -> None:

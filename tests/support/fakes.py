@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 from app.inference.predictor import ModelInfo, Prediction, Query
+from app.inference.scoring import NoWordToScore, Score
 
 
 class FakeBackend:
@@ -19,12 +20,14 @@ class FakeBackend:
         tokens=("<eos>", "<unk>"),
         unknown_words=("zebra",),
     )
+    score_answer = Score(tokens=("b", "<unk>"), probabilities=(0.5, 0.125), perplexity=4.0)
 
     def __init__(self) -> None:
         self.queries: list[Query] = []
+        self.scored: list[str] = []  # the texts handed to score
         self.cancelled: list[Query] = []
-        self.fails: Exception | None = None  # raised by predict, as a bug would be
-        self.stalls = False  # predict never answers (until cancelled)
+        self.fails: Exception | None = None  # raised by predict and score, as a bug would be
+        self.stalls = False  # predict and score never answer (until cancelled)
 
     async def predict(self, query: Query) -> Prediction:
         self.queries.append(query)
@@ -37,3 +40,15 @@ class FakeBackend:
                 self.cancelled.append(query)
                 raise
         return self.answer
+
+    async def score(self, text: str) -> Score:
+        """`score_answer` for any text with a non-space character (the real backend asks the
+        tokenizer); fails and stalls as predict does."""
+        self.scored.append(text)
+        if self.fails is not None:
+            raise self.fails
+        if self.stalls:
+            await asyncio.Event().wait()
+        if not text.strip():
+            raise NoWordToScore("the text has no word to score")
+        return self.score_answer

@@ -19,7 +19,7 @@ from support.models import REPO
 
 # Kernel families, old to new, and the CPU flags each needs (Nehalem: x86-64's SSE only).
 CORETYPES = {"Nehalem": set(), "Sandybridge": {"avx"}, "Haswell": {"avx2", "fma"}}
-NUMERIC_TESTS = ["test_engine.py", "test_same_answer.py", "test_predictor.py"]
+NUMERIC_TESTS = ["test_engine.py", "test_same_answer.py", "test_predictor.py", "test_scoring.py"]
 
 
 def cpu_flags() -> set[str]:
