@@ -80,9 +80,25 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _add_evaluate(commands: Any) -> None:
     parser = commands.add_parser(
-        "evaluate", help="perplexity and top-k accuracy of a saved model on a text file"
+        "evaluate",
+        help="perplexity and top-k accuracy of a saved model on a text file, or with "
+        "--keystrokes the keystrokes its suggestions save a user typing it",
     )
     parser.add_argument("text_file", type=Path)
+    parser.add_argument(
+        "--keystrokes",
+        action="store_true",
+        help="simulate a user typing the file with the service's suggestions (keystroke "
+        "savings, and a most-frequent-words baseline)",
+    )
+    parser.add_argument("--suggestions", type=int, default=3, help="shown at once (default 3)")
+    parser.add_argument(
+        "--phrases", action="store_true", help="the last slot may offer a phrase instead"
+    )
+    parser.add_argument(
+        "--phrase-words", type=int, default=2, help="words in such a phrase (default 2)"
+    )
+    parser.add_argument("--words", type=int, default=None, help="only the file's first WORDS words")
     from app import serve_cli
 
     # The same model flags and defaults (NEXTWORD_* settings) as `serve` and `predict`.
@@ -95,6 +111,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from app.training.corpus import read_lines
 
     settings = serve_cli.model_settings(args)
+    if args.keystrokes:
+        return _run_keystrokes(args, settings)
     path = store.version_dir(settings.model_store, settings.model_name, settings.model_version)
     manifest = store.read_manifest(path)
     lines = read_lines(args.text_file)
@@ -113,6 +131,40 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         f"perplexity {metrics.perplexity:.2f}  top-1 {metrics.top1:.4f}  "
         f"top-3 {metrics.top3:.4f}  top-5 {metrics.top5:.4f}"
     )
+    return 0
+
+
+def _run_keystrokes(args: argparse.Namespace, settings: Any) -> int:
+    from app.evaluation.keystrokes import simulate
+    from app.inference.blocklist import load_blocklist
+    from app.inference.loading import load_predictor
+    from app.training.corpus import read_lines
+
+    if not 1 <= args.suggestions <= 20:
+        raise ValueError(f"--suggestions must be between 1 and 20, not {args.suggestions}")
+    if args.phrases and not (2 <= args.phrase_words <= 5 and args.suggestions >= 2):
+        raise ValueError("--phrases needs --phrase-words between 2 and 5 and 2 suggestions or more")
+    if args.words is not None and args.words < 1:
+        raise ValueError(f"--words must be 1 or more, not {args.words}")
+    lines = read_lines(args.text_file)
+    predictor = load_predictor(
+        settings.model_store,
+        settings.model_name,
+        settings.model_version,
+        blocklist=load_blocklist(settings.blocklist),
+    )
+    result = simulate(
+        predictor, lines, args.suggestions, args.words, args.phrase_words if args.phrases else 0
+    )
+    info = predictor.info
+    phrases = f", phrases of {args.phrase_words} words" if args.phrases else ""
+    print(
+        f"{info.name} v{info.version} on {args.text_file}: {result.model.words:,} words, "
+        f"{args.suggestions} suggestions{phrases}"
+    )
+    print(f"keystroke savings {100 * result.model.savings:.1f} %", end="")
+    print(f" ({result.model.phrases_taken:,} phrases taken)" if args.phrases else "")
+    print(f"baseline (most frequent words) {100 * result.baseline.savings:.1f} %")
     return 0
 
 

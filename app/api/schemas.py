@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import to_json
@@ -19,6 +19,8 @@ MAX_TOP_K = 100
 MAX_PHRASE_WORDS = 5
 # Phrases are found by a beam as wide as top_k: its cost grows with both.
 MAX_PHRASE_TOP_K = 20
+# A keyboard passes over a few words a keystroke: enough for the longest word's keystrokes.
+MAX_EXCLUDED = 64
 
 
 class PredictRequest(BaseModel):
@@ -53,6 +55,13 @@ class PredictRequest(BaseModel):
         description="Above 1, the answer also has the top_k most likely phrases of that many "
         f"words (then top_k is at most {MAX_PHRASE_TOP_K}).",
         examples=[3],
+    )
+    exclude: list[Annotated[str, Field(max_length=100)]] = Field(
+        default_factory=list,
+        max_length=MAX_EXCLUDED,
+        description="Words not to offer, e.g. those shown for this word that the user passed "
+        "over (they keep their share of the probabilities).",
+        examples=[["to", "a"]],
     )
 
     @field_validator("top_k", mode="before")

@@ -61,6 +61,7 @@ def starts_sentence(context: str) -> bool:
 
 
 class Casing(enum.Enum):
+    MODEL = "the model's"  # a model that keeps case writes its words as it has them
     AS_IS = "as is"
     FIRST = "first letter"  # "New"
     ALL = "all letters"  # "NEW"
@@ -79,6 +80,8 @@ def casing_of(fragment: str | None, sentence_start: bool) -> Casing:
 
 def written(word: str, casing: Casing) -> str:
     """A lower-case word as it goes into the text."""
+    if casing is Casing.MODEL:
+        return word
     if casing is Casing.ALL:
         return word.upper()
     if casing is Casing.FIRST or word == "i":

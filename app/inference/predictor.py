@@ -105,27 +105,41 @@ class Predictor:
             for row, item in enumerate(typed)
         ]
         probabilities = engine.softmax(scores, in_place=True)
+        # Words passed over are not shown, but keep their share of the probabilities.
+        passed = [self._ids_of(query.exclude) for query in queries]
         best = engine.top_k_rows(
             probabilities,
-            [0 if done else query.top_k for query, done in zip(queries, completions, strict=True)],
+            [
+                0 if done else query.top_k + len(ids)
+                for query, done, ids in zip(queries, completions, passed, strict=True)
+            ],
             [0 if query.include_special else FIRST_WORD_ID for query in queries],
         )
         answers = []
         for row, (query, item, completion) in enumerate(
             zip(queries, typed, completions, strict=True)
         ):
+            hidden = np.concatenate([self.choices.blocked_ids, passed[row]])  # (ties at 0)
             if completion is None:  # the next word
-                ids = best[row][~np.isin(best[row], self.choices.blocked_ids)]  # (ties at 0)
+                ids = best[row][~np.isin(best[row], hidden)][: query.top_k]
                 shown = (ids, probabilities[row, ids])
                 first = (self.choices.offered_ids, probabilities[row])
             else:  # the best of the words that complete the fragment
-                order = engine.top_k_rows(completion[1][None, :], [query.top_k], [0])[0]
-                shown = (completion[0][order], completion[1][order])
-                first = completion
+                kept = ~np.isin(completion[0], passed[row])
+                first = (completion[0][kept], completion[1][kept])
+                order = engine.top_k_rows(first[1][None, :], [query.top_k], [0])[0]
+                shown = (first[0][order], first[1][order])
+            if passed[row].size and completion is None:
+                first = (first[0][~np.isin(first[0], passed[row])], first[1])
             answers.append(
                 self._answer(query, item, pending[row].reading, states[row], shown, first)
             )
         return answers
+
+    def _ids_of(self, words: Sequence[str]) -> np.ndarray:
+        """The ids of `words` as the tokenizer reads them (unknown ones have none)."""
+        ids = self.tokenizer.encode(" ".join(words))
+        return np.array([id_ for id_ in ids if id_ != self.tokenizer.unknown_id], dtype=np.intp)
 
     def _completions(self, scores: np.ndarray, stem: str) -> tuple[np.ndarray, np.ndarray]:
         """The ids of the words that begin with `stem`, and their probabilities among them."""
@@ -144,7 +158,11 @@ class Predictor:
         """The words `shown` as the user would write them, and with phrase_words, phrases whose
         first word is one of `first` (ids and their probabilities, or a whole row of them)."""
         ids, chosen = shown
-        casing = casing_of(typed.fragment, starts_sentence(typed.context)) if self._cased else None
+        casing = (
+            casing_of(typed.fragment, starts_sentence(typed.context))
+            if self._cased
+            else Casing.MODEL
+        )
         vocabulary = self.tokenizer.vocabulary
         found: tuple[Phrase, ...] = ()
         if query.phrase_words > 1:
@@ -156,7 +174,7 @@ class Predictor:
             )
         return Prediction(
             tuple(
-                self._written(vocabulary[id_], casing) if id_ >= FIRST_WORD_ID else vocabulary[id_]
+                written(vocabulary[id_], casing) if id_ >= FIRST_WORD_ID else vocabulary[id_]
                 for id_ in ids.tolist()
             ),
             tuple(_shortest(p) for p in chosen.tolist()),
@@ -174,7 +192,7 @@ class Predictor:
         state: np.ndarray,
         first_ids: np.ndarray,
         first_probabilities: np.ndarray,
-        casing: Casing | None,
+        casing: Casing,
     ) -> tuple[Phrase, ...]:
         """The query's top_k phrases. Each is kept with the state after it, under the text
         the user has once it is taken: the next request costs the steps of one word."""
@@ -189,7 +207,7 @@ class Predictor:
             max(query.top_k, PHRASE_BEAM),
         )
         vocabulary = self.tokenizer.vocabulary
-        later = Casing.ALL if casing is Casing.ALL else Casing.AS_IS
+        later = casing if casing in (Casing.ALL, Casing.MODEL) else Casing.AS_IS
         found: list[Phrase] = []
         for ids, total, after in zip(
             beam.ids.tolist(), beam.log_probabilities.tolist(), beam.states, strict=True
@@ -200,27 +218,14 @@ class Predictor:
             if self.choices.blocks_phrase(tokens):
                 continue
             words = tuple(
-                self._written(token, casing if n == 0 else later) for n, token in enumerate(tokens)
+                written(token, casing if n == 0 else later) for n, token in enumerate(tokens)
             )
             found.append(Phrase(words, _shortest(np.exp(total))))
             taken = typed.context
             if taken and not taken[-1].isspace():
                 taken += " "
-            kept = after.copy()
-            kept.flags.writeable = False
-            self.cache.put(
-                taken + " ".join(words),
-                Reading(
-                    reading.ids + tuple(ids),
-                    reading.tokens + tuple(tokens),
-                    reading.unknown_words,
-                    kept,
-                ),
-            )
+            self.cache.put(taken + " ".join(words), reading.followed_by(ids, tokens, after))
         return tuple(found)
-
-    def _written(self, word: str, casing: Casing | None) -> str:
-        return word if casing is None else written(word, casing)
 
     def kept(self, text: str) -> Reading | None:
         """The reading kept for what `text`'s prediction reads (with its state), if any."""
@@ -274,13 +279,8 @@ class Predictor:
             np.stack([self._zero if item.start is None else item.start for item in pending]),
         )
         for item, state in zip(pending, states, strict=True):
-            if item.reading.state is None:
-                kept = state.copy()  # a row of its own, not a view of the batch
-                kept.flags.writeable = False  # handed to later requests: nothing may change it
-                reading = item.reading
-                self.cache.put(
-                    item.text, Reading(reading.ids, reading.tokens, reading.unknown_words, kept)
-                )
+            if item.reading.state is None:  # (a copy: a row of its own, not a view of the batch)
+                self.cache.put(item.text, item.reading.followed_by((), (), state))
         return states
 
 

@@ -14,6 +14,7 @@ class Query(NamedTuple):
     top_k: int = 5
     include_special: bool = False  # also offer <unk> and <eos> (never as a completion)
     phrase_words: int = 1  # above 1: also the top_k phrases of that many words
+    exclude: tuple[str, ...] = ()  # words not to offer (say, those the user passed over)
 
 
 class Phrase(NamedTuple):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,12 @@ class Reading:
     tokens: tuple[str, ...]
     unknown_words: tuple[str, ...]
     state: np.ndarray | None = None  # (hidden,), read-only
+
+    def followed_by(self, ids: Sequence[int], tokens: Sequence[str], state: np.ndarray) -> Reading:
+        """This reading with more words read, and the state after them (a read-only copy)."""
+        kept = state.copy()
+        kept.flags.writeable = False  # handed to later requests: nothing may change it
+        return Reading(self.ids + tuple(ids), self.tokens + tuple(tokens), self.unknown_words, kept)
 
 
 class ReadingCache:

@@ -1,0 +1,181 @@
+"""Keystroke savings: how much typing the suggestions spare a user.
+
+A simulated user types a text word by word, letter by letter. Before each keystroke the service
+shows `suggestions` words: the next words after a space, completions of the word once it is
+begun (as /predict answers: app.inference.choices and the model's probabilities). As soon as
+the intended word is shown the user takes it: one keystroke, and the space after it comes with
+it. A word never shown is typed in full, then a space. A line break (the end of a sentence) is
+one keystroke, never spared. Words the model does not know are typed in full.
+
+    keystroke savings = 1 - keystrokes pressed / keystrokes of typing everything
+
+Words shown for a word and passed over are not shown again for it (what a client does with
+/predict's `exclude`): the user would have taken them.
+
+With `phrase_words`, the last slot shows the best phrase of that many words instead of a word
+when it is worth more (its probability times the keystrokes it spares, against the word's);
+the user takes it when it is exactly what comes next (one keystroke for all its words).
+
+The baseline in the same run is a dictionary keyboard with no language model: the most
+frequent words that begin with what is typed (the vocabulary is ranked by training frequency,
+so the lowest ids).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from app.inference import engine, phrases
+from app.inference.predictor import FIRST_WORD_ID, PHRASE_BEAM, Predictor
+
+
+@dataclass
+class Tally:
+    """Keystrokes of typing everything, and of what the user pressed."""
+
+    full: int = 0
+    pressed: int = 0
+    words: int = 0
+    phrases_taken: int = 0
+
+    @property
+    def savings(self) -> float:
+        return 1.0 - self.pressed / self.full if self.full else 0.0
+
+
+@dataclass(frozen=True)
+class Savings:
+    model: Tally
+    baseline: Tally
+
+
+def simulate(
+    predictor: Predictor,
+    lines: Iterable[str],
+    suggestions: int = 3,
+    max_words: int | None = None,
+    phrase_words: int = 0,
+) -> Savings:
+    """Type `lines` (one sentence a line, read as one stream, the state carried across them)
+    with the model's suggestions and with the baseline's. `phrase_words` 0: no phrases."""
+    if suggestions < 1 or (phrase_words and (phrase_words < 2 or suggestions < 2)):
+        raise ValueError("suggestions must be 1 or more; phrases need 2 or more of each")
+    tokenizer, weights, choices = predictor.tokenizer, predictor.weights, predictor.choices
+    model, baseline = Tally(), Tally()
+    state = engine.run(weights, [tokenizer.end_id])
+    for line in lines:
+        words = tokenizer.words(line)  # standardised, unknown ones as <unk>
+        if max_words is not None:
+            words = words[: max(0, max_words - model.words)]
+        if not words:
+            break
+        ids = tokenizer.encode(line)[: len(words)]
+        position = 0
+        while position < len(words):
+            scores = engine.logits(weights, state[None, :])[0]
+            scores[choices.blocked_ids] = -np.inf
+            probabilities = engine.softmax(scores)
+            typed, taken = _type_word(
+                predictor, state, probabilities, words, ids, position, suggestions, phrase_words
+            )
+            for word in words[position : position + taken]:
+                model.full += len(word) + 1
+                baseline.full += len(word) + 1
+            model.pressed += typed
+            model.words += taken
+            model.phrases_taken += taken > 1
+            for offset in range(taken):
+                word_id = ids[position + offset]
+                baseline.pressed += _baseline_keys(
+                    predictor, words[position + offset], word_id, suggestions
+                )
+                baseline.words += 1
+                state = engine.run(weights, [word_id], state)
+            position += taken
+        # The end of the line: one keystroke (Enter, or a full stop), and the model reads <eos>.
+        for tally in (model, baseline):
+            tally.full += 1
+            tally.pressed += 1
+        state = engine.run(weights, [tokenizer.end_id], state)
+        if max_words is not None and model.words >= max_words:
+            break
+    return Savings(model, baseline)
+
+
+def _type_word(
+    predictor: Predictor,
+    state: np.ndarray,
+    probabilities: np.ndarray,
+    words: Sequence[str],
+    ids: Sequence[int],
+    position: int,
+    suggestions: int,
+    phrase_words: int,
+) -> tuple[int, int]:
+    """(keystrokes pressed, words entered) for the word at `position`."""
+    word, target = words[position], ids[position]
+    if target < FIRST_WORD_ID or not predictor.choices.offered[target]:
+        return len(word) + 1, 1  # never offered: typed in full
+    wanted = tuple(ids[position : position + phrase_words]) if phrase_words else ()
+    passed = np.zeros(len(probabilities), dtype=bool)  # shown for this word, not taken
+    for typed in range(len(word) + 1):
+        candidates = predictor.choices.completions(word[:typed])
+        candidates = candidates[~passed[candidates]]  # as /predict's `exclude` does
+        shown = _best(probabilities, candidates, suggestions)
+        if len(wanted) == phrase_words > 1 and shown.size:
+            phrase, value = _best_phrase(predictor, state, probabilities, candidates, phrase_words)
+            last = shown[-1]
+            if value > probabilities[last] * (len(predictor.tokenizer.vocabulary[last]) - typed):
+                if phrase == wanted:
+                    return typed + 1, phrase_words
+                shown = shown[:-1]  # the phrase takes the last slot
+        if target in shown:
+            return typed + 1, 1
+        passed[shown] = True
+    return len(word) + 1, 1
+
+
+def _best_phrase(
+    predictor: Predictor,
+    state: np.ndarray,
+    probabilities: np.ndarray,
+    candidates: np.ndarray,
+    words: int,
+) -> tuple[tuple[int, ...], float]:
+    """The best phrase beginning with one of `candidates`, and what showing it is worth: its
+    probability times the keystrokes of its later words (its first is offered anyway)."""
+    beam = phrases.search(
+        predictor.weights,
+        state,
+        candidates,
+        probabilities[candidates],
+        predictor.choices.offered,
+        predictor.choices.blocked_ids,
+        words,
+        PHRASE_BEAM,
+    )
+    ids = tuple(beam.ids[0].tolist())
+    vocabulary = predictor.tokenizer.vocabulary
+    keys = sum(len(vocabulary[id_]) + 1 for id_ in ids[1:])
+    return ids, float(np.exp(beam.log_probabilities[0])) * keys
+
+
+def _best(probabilities: np.ndarray, candidates: np.ndarray, count: int) -> np.ndarray:
+    """The `count` most likely of `candidates` (ids in id order): ties go to the lower id."""
+    if candidates.size <= count:
+        return candidates
+    chosen = engine.top_k_rows(probabilities[candidates][None, :], [count], [0])[0]
+    return candidates[chosen]
+
+
+def _baseline_keys(predictor: Predictor, word: str, target: int, suggestions: int) -> int:
+    """Keystrokes for `word` with the most frequent words of the typed prefix shown."""
+    if target < FIRST_WORD_ID or not predictor.choices.offered[target]:
+        return len(word) + 1
+    for typed in range(len(word) + 1):
+        if target in predictor.choices.completions(word[:typed])[:suggestions]:
+            return typed + 1
+    return len(word) + 1
