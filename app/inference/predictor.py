@@ -10,8 +10,8 @@ sentence, and a line break ends a sentence.
 Type-ahead sends the same text again with a word more. Words never span a space or a line break,
 and neither changes under Unicode normalisation (NFC) or joins with the characters either side
 of it, so the text before the last one reads the same on its own. Each text read is kept with
-the state it leads to (`ReadingCache`); a text whose head (all but its last word) is kept costs
-the tokenising and the recurrent steps of its last word only.
+the state it leads to (`ReadingCache`); a text whose head (all but its last word, with the
+space before that word) is kept costs the tokenising and recurrent steps of its last word only.
 
 A text that does not end in whitespace ends in the word being typed (app.inference.fragment):
 the model reads the text before it, and only words that begin with it are offered.
@@ -76,7 +76,12 @@ class Predictor:
         self._cased = tokenizer.config.lowercase
 
     def predict(
-        self, text: str, top_k: int = 5, include_special: bool = False, phrase_words: int = 1
+        self,
+        text: str,
+        top_k: int = 5,
+        include_special: bool = False,
+        phrase_words: int = 1,
+        exclude: tuple[str, ...] = (),
     ) -> Prediction:
         """The `top_k` most likely next words after `text` (or completions of the word being
         typed at its end), most likely first.
@@ -84,7 +89,7 @@ class Predictor:
         <unk> and <eos> are left out unless `include_special`; the probabilities are the
         model's own over the words that may be offered (not renormalised over those returned).
         """
-        return self.predict_batch([Query(text, top_k, include_special, phrase_words)])[0]
+        return self.predict_batch([Query(text, top_k, include_special, phrase_words, exclude)])[0]
 
     def predict_batch(self, queries: Sequence[Query]) -> list[Prediction]:
         """`predict` for each query, their recurrent steps and output layer taken together."""
@@ -224,7 +229,8 @@ class Predictor:
             taken = typed.context
             if taken and not taken[-1].isspace():
                 taken += " "
-            self.cache.put(taken + " ".join(words), reading.followed_by(ids, tokens, after))
+            # With the space a keyboard adds after it: the context of the next request.
+            self.cache.put(taken + " ".join(words) + " ", reading.followed_by(ids, tokens, after))
         return tuple(found)
 
     def kept(self, text: str) -> Reading | None:
@@ -239,9 +245,7 @@ class Predictor:
     def keeps(self, text: str) -> bool:
         """Whether what `text`'s prediction reads, or its head, is kept: predicting it costs
         the steps of a word at most."""
-        context = self._context(text)
-        cut = max(context.rfind(" "), context.rfind("\n"))
-        return context in self.cache or (cut > 0 and context[:cut] in self.cache)
+        return self.cache.keeps(self._context(text))
 
     def _context(self, text: str) -> str:
         return split_typed(text, self.tokenizer.config).context
@@ -254,18 +258,13 @@ class Predictor:
 
     def _pending(self, text: str) -> _Pending:
         # The text itself kept: nothing to do. Its head kept: read and step the last word.
-        kept = self.cache.get(text)
-        if kept is not None:
-            self.cache.hits += 1
-            return _Pending(text, kept, len(kept.ids), kept.state)
-        cut = max(text.rfind(" "), text.rfind("\n"))
-        head = self.cache.get(text[:cut]) if cut > 0 else None
-        if head is None:
-            self.cache.misses += 1
+        kept, cut = self.cache.furthest(text)
+        if kept is None:
             return _Pending(text, read_text(self.tokenizer, text), 0, None)
-        self.cache.hits += 1
+        if cut == len(text):
+            return _Pending(text, kept, len(kept.ids), kept.state)
         return _Pending(
-            text, read_text(self.tokenizer, text[cut:], after=head), len(head.ids), head.state
+            text, read_text(self.tokenizer, text[cut:], after=kept), len(kept.ids), kept.state
         )
 
     # --- ids -> states ----------------------------------------------------------------------

@@ -66,6 +66,21 @@ class ReadingCache:
             self._entries.move_to_end(text)
         return reading
 
+    def furthest(self, text: str) -> tuple[Reading | None, int]:
+        """The reading kept for `text` or else its head, and that text's length (a use: counted
+        as a hit or a miss)."""
+        for cut in (len(text), *_head_lengths(text)):
+            reading = self.get(text[:cut])
+            if reading is not None:
+                self.hits += 1
+                return reading, cut
+        self.misses += 1
+        return None, 0
+
+    def keeps(self, text: str) -> bool:
+        """Whether `text` or its head is kept (a look, not a use)."""
+        return any(text[:cut] in self._entries for cut in (len(text), *_head_lengths(text)))
+
     def put(self, text: str, reading: Reading) -> None:
         if len(text) > self.max_chars or self.max_entries < 1:
             return  # could never fit: keep what is there
@@ -99,3 +114,15 @@ def read_text(tokenizer: Tokenizer, text: str, after: Reading | None = None) -> 
     known = after.tokens if after else ()
     tokens = known + tuple(tokenizer.decode(ids[len(known) :]))
     return Reading(tuple(ids), tokens, tuple(unknown_words))
+
+
+def _head_lengths(text: str) -> tuple[int, ...]:
+    """Where the text's head may end: after the spaces before its last word ("the cat sat " ->
+    "the cat ", what the request before read), or after the first of them ("a b \nc" ->
+    "a b ", when the line break came with the last word)."""
+    words = text.rstrip()
+    cut = max(words.rfind(" "), words.rfind("\n")) + 1
+    if cut == 0:
+        return ()
+    run = len(words[:cut].rstrip())  # where the spaces before the last word begin
+    return (cut,) if run + 1 == cut else (cut, run + 1)
