@@ -35,6 +35,7 @@ class WordChoices:
             for id_ in range(first_word_id, size):
                 blocked[id_] = blocklist.blocks_word(vocabulary[id_])
         self.blocklist = blocklist
+        self.blocked = blocked  # (vocab,) mask
         self.blocked_ids = np.flatnonzero(blocked)
         # The special tokens are never a completion or a phrase's word, nor a placeholder such
         # as the number token (offered as a next word, it tells a number comes; it cannot be

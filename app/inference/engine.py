@@ -129,8 +129,21 @@ def next_words(
 
 
 def top_k(values: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k largest of a 1-D array, largest first (equal values in index order)."""
-    return top_k_rows(values[None, :], [k], [0])[0]
+    """Indices of the k largest of a 1-D array, largest first (equal values in index order).
+
+    For one short row (a completion's candidates), where top_k_rows' grouping costs more than
+    it saves: the k-th largest value by partition, then the few at or above it sorted.
+    """
+    count = len(values)
+    if k <= 0 or count == 0:
+        return np.empty(0, dtype=np.intp)
+    if k >= count:
+        candidates = np.arange(count)
+    else:
+        threshold = np.partition(values, count - k)[count - k]
+        candidates = np.flatnonzero(values >= threshold)  # ties at the threshold included
+    order = np.lexsort((candidates, -values[candidates]))
+    return candidates[order[:k]]
 
 
 def top_k_rows(values: np.ndarray, ks: Sequence[int], firsts: Sequence[int]) -> list[np.ndarray]:

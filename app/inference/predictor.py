@@ -124,15 +124,19 @@ class Predictor:
         for row, (query, item, completion) in enumerate(
             zip(queries, typed, completions, strict=True)
         ):
-            hidden = np.concatenate([self.choices.blocked_ids, passed[row]])  # (ties at 0)
             if completion is None:  # the next word
-                ids = best[row][~np.isin(best[row], hidden)][: query.top_k]
+                ids = best[row][~self.choices.blocked[best[row]]]  # (ties at 0 with them)
+                if passed[row].size:
+                    ids = ids[~np.isin(ids, passed[row])]
+                ids = ids[: query.top_k]
                 shown = (ids, probabilities[row, ids])
                 first = (self.choices.offered_ids, probabilities[row])
             else:  # the best of the words that complete the fragment
-                kept = ~np.isin(completion[0], passed[row])
-                first = (completion[0][kept], completion[1][kept])
-                order = engine.top_k_rows(first[1][None, :], [query.top_k], [0])[0]
+                first = completion
+                if passed[row].size:
+                    kept = ~np.isin(completion[0], passed[row])
+                    first = (completion[0][kept], completion[1][kept])
+                order = engine.top_k(first[1], query.top_k)
                 shown = (first[0][order], first[1][order])
             if passed[row].size and completion is None:
                 first = (first[0][~np.isin(first[0], passed[row])], first[1])
@@ -143,7 +147,7 @@ class Predictor:
 
     def _ids_of(self, words: Sequence[str]) -> np.ndarray:
         """The ids of `words` as the tokenizer reads them (unknown ones have none)."""
-        ids = self.tokenizer.encode(" ".join(words))
+        ids = self.tokenizer.encode(" ".join(words)) if words else ()
         return np.array([id_ for id_ in ids if id_ != self.tokenizer.unknown_id], dtype=np.intp)
 
     def _completions(self, scores: np.ndarray, stem: str) -> tuple[np.ndarray, np.ndarray]:
