@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 LUA = Path(__file__).with_name("wrk_bodies.lua")
@@ -41,18 +42,30 @@ def corpus_lines() -> list[list[str]]:
 
 
 def distinct_prefixes(lines: Sequence[Sequence[str]], seed: int = 0) -> list[str]:
-    """Every distinct prefix of every sentence (1 word up to the whole), shuffled."""
+    """Every distinct prefix of every sentence (1 word up to the whole) and a space after it
+    (the next word is asked for), shuffled."""
     seen: dict[str, None] = {}
     for words in lines:
         for end in range(1, len(words) + 1):
-            seen.setdefault(" ".join(words[:end]))
+            seen.setdefault(" ".join(words[:end]) + " ")
     prefixes = list(seen)
     random.Random(seed).shuffle(prefixes)
     return prefixes
 
 
+def being_typed(prefixes: Sequence[str]) -> list[str]:
+    """Each prefix with its last word half typed ("the company sa"): completion requests."""
+    texts = []
+    for prefix in prefixes:
+        head, _, last = prefix.rstrip().rpartition(" ")
+        typed = last[: max(1, len(last) // 2)]
+        texts.append(f"{head} {typed}" if head else typed)
+    return texts
+
+
 def typing_texts(lines: Sequence[Sequence[str]], start: int, count: int) -> list[str]:
-    """A document typed a word at a time: its first `start` words, then one more each time.
+    """A document typed a word at a time: its first `start` words, then one more each time,
+    each with the space after it (the next word is asked for).
 
     Sentences are separate lines, as in a text box where each ends with Enter.
     """
@@ -61,14 +74,15 @@ def typing_texts(lines: Sequence[Sequence[str]], start: int, count: int) -> list
         units += [("\n" if i == 0 and units else " ") + word for i, word in enumerate(words)]
         if len(units) >= start + count:
             break
-    return ["".join(units[:end]).lstrip() for end in range(start, start + count)]
+    return ["".join(units[:end]).lstrip() + " " for end in range(start, start + count)]
 
 
-def write_bodies(texts: Sequence[str], folder: Path, name: str) -> Path:
+def write_bodies(texts: Sequence[str], folder: Path, name: str, **more: Any) -> Path:
+    """One /predict body a line: each text with top_k 5 and the fields in `more`."""
     path = folder / f"{name}.jsonl"
     with path.open("w", encoding="utf-8") as sink:
         for text in texts:
-            sink.write(json.dumps({"text": text, "top_k": 5}) + "\n")
+            sink.write(json.dumps({"text": text, "top_k": 5, **more}) + "\n")
     return path
 
 

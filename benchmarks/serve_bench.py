@@ -12,8 +12,11 @@ In one run, on this machine, one server at a time on 127.0.0.1 (each stopped by 
     naive    the same route calling the Keras model's `predict` once per request (model.keras)
 
 wrk (one thread, a Lua script feeding distinct bodies) loads each at 1, 32 and 64 connections;
-every body is a different prefix of a PTB sentence (valid + test: ~150,000 of them), never one
-repeated body. Each run is bounded in time (--seconds) and in responses (the bodies it has).
+every body is a different prefix of a PTB sentence with a space after it (the next word is asked
+for; valid + test: ~150,000 of them), never one repeated body. Each run is bounded in time
+(--seconds) and in responses (the bodies it has). The service is also loaded at 1 and 32
+connections with type-ahead's other requests: completions (each prefix with its last word half
+typed) and phrases (`phrase_words: 3`).
 It also measures, on the service: start-up (process start to GET /ready answering 200), resident
 memory, and incremental typing (a request whose text is the previous one plus a word, 500 words
 and more, against one-word requests), with the cache on and off.
@@ -45,6 +48,8 @@ from app.inference.backend import BUSY_WINDOW_S
 
 RESULTS = Path(__file__).with_name("results")
 CONCURRENCY = (1, 32, 64)
+# Type-ahead's other requests, loaded on the service alone: (name, connections).
+KINDS = (("completion", 1), ("completion", 32), ("phrases", 1), ("phrases", 32))
 # Typing is measured in this many bursts of one-word and typed requests, alternating.
 TYPING_BURSTS = 4
 TARGETS = {
@@ -52,6 +57,7 @@ TARGETS = {
     "throughput c32 service/naive >= 100": ("ratio_naive_c32", ">=", 100.0),
     "p50 c1 service - floor <= 0.25 ms": ("p50_gap_c1_ms", "<=", 0.25),
     "typing (500+ words) / one-word p50 <= 1.2": ("typing_ratio_p50", "<=", 1.2),
+    "completion c32 / next-word c32 throughput >= 0.9": ("completion_over_next_c32", ">=", 0.9),
     "ready <= 1 s after process start": ("service_ready_s", "<=", 1.0),
     "resident memory (PSS, model process included) <= 150 MB": ("service_memory_mb", "<=", 150.0),
 }
@@ -112,6 +118,16 @@ def measure_server(
               f"{after['rss_mb']:.1f} MB, peak RSS {after['peak_mb']:.1f} MB "
               f"({after['processes']:.0f} processes)", flush=True)  # fmt: skip
         if name.startswith("service"):
+            for kind, connections in KINDS:
+                run = load.wrk(
+                    server.port, slices[f"{kind}-c{connections}"], connections, args.seconds,
+                    args.bodies,
+                )  # fmt: skip
+                figures[f"{kind}_c{connections}"] = run
+                print(f"  {name:8} {kind} c={connections:<3} {run['requests_per_s']:9.1f} req/s"
+                      f"  p50 {run['p50_us'] / 1000:8.3f} ms  p99 {run['p99_us'] / 1000:8.3f} ms"
+                      f"  ({run['requests']} requests, {run['non_2xx']} non-2xx)",
+                      flush=True)  # fmt: skip
             figures["typing"] = measure_typing(server.port, slices, args)
     return figures
 
@@ -157,6 +173,13 @@ def summarise(servers: dict[str, dict[str, Any]]) -> dict[str, float]:
         if naive[f"c{c}"]["requests"]:  # none within a short --seconds: no ratio
             summary[f"ratio_naive_c{c}"] = rate / naive[f"c{c}"]["requests_per_s"]
     summary["p50_gap_c1_ms"] = (service["c1"]["p50_us"] - floor["c1"]["p50_us"]) / 1000
+    for kind, c in KINDS:
+        if f"{kind}_c{c}" in service:
+            ours = service[f"{kind}_c{c}"]
+            summary[f"{kind}_over_next_c{c}"] = (
+                ours["requests_per_s"] / service[f"c{c}"]["requests_per_s"]
+            )
+            summary[f"{kind}_p50_c{c}_ms"] = ours["p50_us"] / 1000
     summary["typing_ratio_p50"] = service["typing"]["ratio_p50"]
     summary["typing_ratio_mean"] = service["typing"]["ratio_mean"]
     if "service_no_cache" in servers:
@@ -283,7 +306,7 @@ def main() -> None:
     prefixes = load.distinct_prefixes(lines)
     typed = load.typing_texts(lines, 499, args.typing + 1)
     args.typing_prime = typed[0]
-    words = list(dict.fromkeys(w for t in prefixes[:50_000] for w in t.split()))
+    words = list(dict.fromkeys(w + " " for t in prefixes[:50_000] for w in t.split()))
     started = time.time()
     environment = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)),
@@ -303,6 +326,19 @@ def main() -> None:
             name: load.write_bodies(prefixes[i * n : (i + 1) * n], tmp, name)
             for i, name in enumerate(["warm-up", "c1", "c32", "c64"])
         }
+        # The prefixes in another order (the next-word runs use them all), half as many a run:
+        # the service alone is loaded with these.
+        reordered = load.distinct_prefixes(lines, seed=1)
+        for i, (kind, connections) in enumerate(KINDS):
+            texts = reordered[i * n // 2 : (i + 1) * n // 2]
+            if kind == "completion":
+                slices[f"{kind}-c{connections}"] = load.write_bodies(
+                    load.being_typed(texts), tmp, f"{kind}-c{connections}"
+                )
+            else:
+                slices[f"{kind}-c{connections}"] = load.write_bodies(
+                    texts, tmp, f"{kind}-c{connections}", phrase_words=3
+                )
         per_burst = args.typing // TYPING_BURSTS
         slices["one-word"] = [
             load.write_bodies(words[i * per_burst : (i + 1) * per_burst], tmp, f"one-word-{i}")
