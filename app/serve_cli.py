@@ -38,7 +38,7 @@ def add_commands(commands: Any) -> None:
 
     predict = commands.add_parser(
         "predict",
-        help="print the most likely next words after a text",
+        help="print the most likely next words after a text (or completions of its last word)",
         description="Predict locally, without a server, exactly as POST /predict would.",
     )
     predict.add_argument("text", nargs="*", help="the text so far (empty: a sentence start)")
@@ -179,7 +179,9 @@ def _run_predict(args: argparse.Namespace) -> int:
     print(f"{info.name} v{info.version} read: {' '.join(prediction.tokens)}")
     if prediction.unknown_words:
         print(f"unknown words: {' '.join(prediction.unknown_words)}")
-    width = max(len(word) for word in prediction.words)
+    if prediction.completing is not None:
+        print(f"completing {prediction.completing!r}" + ("" if prediction.words else ": no word"))
+    width = max((len(word) for word in prediction.words), default=0)
     for word, probability in zip(prediction.words, prediction.probabilities, strict=True):
         print(f"  {word:<{width}}  {probability:.4f}")
     sys.stdout.flush()

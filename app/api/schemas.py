@@ -30,7 +30,9 @@ class PredictRequest(BaseModel):
         strict=True,
         json_schema_extra={
             "examples": [
-                {"text": "the company said it expects", "top_k": 5, "include_special": False}
+                {"text": "the company said it expects ", "top_k": 5},
+                {"text": "the company said it expects to report a loss for the third q"},
+                {"text": "the company said it expects ", "top_k": 3, "phrase_words": 3},
             ]
         },
     )
@@ -109,18 +111,37 @@ class PredictResponse(BaseModel):
         json_schema_extra={
             "examples": [
                 {
-                    "next_word": "a",
+                    "next_word": "to",
                     "predictions": [
-                        {"word": "a", "probability": 0.22669744},
-                        {"word": "to", "probability": 0.1880451},
-                        {"word": "the", "probability": 0.10636597},
-                        {"word": "its", "probability": 0.04106777},
-                        {"word": "an", "probability": 0.034309693},
+                        {"word": "to", "probability": 0.57105297},
+                        {"word": "a", "probability": 0.08370892},
+                        {"word": "the", "probability": 0.06800122},
                     ],
                     "tokens": ["<eos>", "the", "company", "said", "it", "expects"],
                     "unknown_words": [],
-                    "model": {"name": "ptb", "version": 1},
-                }
+                    "model": {"name": "ptb", "version": 3},
+                    "completing": None,
+                    "phrases": [
+                        {"text": "to be a", "probability": 0.0061685964},
+                        {"text": "to continue to", "probability": 0.0060265185},
+                        {"text": "to sell the", "probability": 0.0036112254},
+                    ],
+                },
+                {
+                    "next_word": "quarter",
+                    "predictions": [
+                        {"word": "quarter", "probability": 0.9998099},
+                        {"word": "quarters", "probability": 0.00018325694},
+                        {"word": "quarterly", "probability": 3.4237232e-6},
+                    ],
+                    "tokens": [
+                        *["<eos>", "the", "company", "said", "it", "expects", "to", "report"],
+                        *["a", "loss", "for", "the", "third"],
+                    ],
+                    "unknown_words": [],
+                    "model": {"name": "ptb", "version": 3},
+                    "completing": "q",
+                },
             ]
         }
     )
