@@ -29,6 +29,14 @@ class TrainConfig:
     tied: bool = True  # output layer shares the embedding matrix
     init_scale: float = 0.05
     # --- optimisation ---
+    # Training loss: "full" softmax over the whole vocabulary, or "sampled" softmax (Jean et al.
+    # 2015): the target against `sampled_words` words drawn by frequency rank, which spares the
+    # (batch, time, vocab) logits that dominate a step once the vocabulary is large. Validation
+    # and the final metrics are always the exact full softmax; the saved model is the same.
+    softmax: str = "full"
+    # Words drawn (log-uniform over the frequency-ranked ids, shared by the whole batch) per step
+    # of the sampled loss; more words: a closer estimate of the full loss, a slower step.
+    sampled_words: int = 1024
     batch_size: int = 32  # contiguous streams trained side by side
     bptt: int = 35  # truncated back-propagation window, in tokens
     epochs: int = 10
@@ -71,6 +79,12 @@ class TrainConfig:
             ("hidden_units", 1 <= self.hidden_units <= 8192, "between 1 and 8192"),
             ("dropout", 0 <= self.dropout < 1, "in [0, 1)"),
             ("init_scale", 0 < self.init_scale <= 1, "in (0, 1]"),
+            ("softmax", self.softmax in ("full", "sampled"), "full or sampled"),
+            (
+                "sampled_words",
+                1 <= self.sampled_words < self.max_vocab,
+                "at least 1 and fewer than max_vocab",
+            ),
             ("batch_size", 1 <= self.batch_size <= 4096, "between 1 and 4096"),
             ("bptt", 1 <= self.bptt <= 10_000, "between 1 and 10000"),
             ("epochs", 1 <= self.epochs <= 10_000, "between 1 and 10000"),

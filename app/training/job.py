@@ -46,7 +46,7 @@ def run_training(
     train_ids = tokenizer.encode_lines(splits.train)
     valid_ids = tokenizer.encode_lines(splits.valid)
     test_ids = tokenizer.encode_lines(splits.test) if splits.test else None
-    check_trainable(train_ids, valid_ids, config)
+    check_trainable(train_ids, valid_ids, tokenizer.size, config)
     log(
         f"corpus: {len(train_ids):,} / {len(valid_ids):,} / "
         f"{len(test_ids) if test_ids is not None else 0:,} tokens (train/valid/test), "

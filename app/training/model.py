@@ -148,6 +148,29 @@ def _mask(config: ModelConfig, features: int) -> tuple[int | None, ...] | None:
     return (None, 1, features) if config.locked_dropout else None
 
 
+def features_model(model: keras.Model, config: ModelConfig) -> keras.Model:
+    """The same layers up to the output layer: [tokens, state] -> [features, final state].
+
+    Features are (batch, time, embedding) when tied (after the projection, if any), else
+    (batch, time, hidden). Every weight is shared with `model`, so training this view trains it;
+    a sampled-softmax loss uses it to skip the (batch, time, vocab) logits.
+    """
+    last = "projection" if config.projected else "output_dropout"
+    return keras.Model(model.inputs, [model.get_layer(last).output, model.outputs[1]])
+
+
+def output_weights(model: keras.Model, config: ModelConfig) -> tuple[Any, Any]:
+    """The output layer as (vocab, features) weights and a (vocab,) bias: logits = f · Wᵀ + b.
+
+    Call it inside the compiled step: the untied kernel is transposed there, at every step.
+    """
+    if config.tied:
+        embedding = model.get_layer("embedding")
+        return embedding.embeddings, embedding.output_bias
+    output = model.get_layer("output")
+    return ops.transpose(output.kernel), output.bias
+
+
 def export_weights(model: keras.Model, config: ModelConfig) -> dict[str, np.ndarray]:
     """The weights under the names the NumPy engine reads (see app.inference.engine)."""
     rnn = model.get_layer("rnn")

@@ -21,7 +21,7 @@ import tensorflow as tf
 from app.training.config import TrainConfig
 from app.training.corpus import batchify, window_count, windows
 from app.training.evaluate import evaluate_ids, make_scorer
-from app.training.model import ModelConfig, build_model
+from app.training.model import ModelConfig, build_model, features_model, output_weights
 
 
 @dataclass
@@ -46,7 +46,9 @@ class TrainResult:
     stop_reason: str = ""
 
 
-def check_trainable(train_ids: np.ndarray, valid_ids: np.ndarray, config: TrainConfig) -> None:
+def check_trainable(
+    train_ids: np.ndarray, valid_ids: np.ndarray, vocab_size: int, config: TrainConfig
+) -> None:
     """Refuse corpora too small for one training batch, before anything is built or written."""
     needed = config.batch_size * (config.bptt + 1)
     if len(train_ids) < needed:
@@ -56,6 +58,12 @@ def check_trainable(train_ids: np.ndarray, valid_ids: np.ndarray, config: TrainC
         )
     if len(valid_ids) < 2:
         raise ValueError("validation text must hold at least two tokens")
+    # The sampler draws distinct words, so it needs more words than it draws.
+    if config.softmax == "sampled" and config.sampled_words >= vocab_size:
+        raise ValueError(
+            f"sampled_words must be fewer than the {vocab_size} words of the vocabulary, not "
+            f"{config.sampled_words}: lower --sampled-words or use --softmax full"
+        )
 
 
 def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
@@ -66,6 +74,43 @@ def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
             learning_rate=config.learning_rate, weight_decay=config.weight_decay
         )
     return keras.optimizers.Adam(learning_rate=config.learning_rate)
+
+
+def make_training_loss(
+    model: keras.Model, model_config: ModelConfig, config: TrainConfig
+) -> Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
+    """(tokens, targets, state) -> (mean loss, final state), in training mode, to be traced.
+
+    "full": cross-entropy of the whole softmax. "sampled": tf.nn.sampled_softmax_loss over the
+    output layer's weights and bias; its default log-uniform sampler fits because token ids are
+    ranked by training frequency. It estimates the full loss (lower than it) at a fraction of
+    the cost of the (batch, time, vocab) logits.
+    """
+    if config.softmax == "full":
+
+        def full(tokens: tf.Tensor, targets: tf.Tensor, state: tf.Tensor) -> Any:
+            logits, final_state = model([tokens, state], training=True)  # (batch, time, vocab)
+            losses = tf.nn.sparse_softmax_cross_entropy_with_logits(targets, logits)
+            return tf.reduce_mean(losses), final_state
+
+        return full
+
+    features_of = features_model(model, model_config)
+
+    def sampled(tokens: tf.Tensor, targets: tf.Tensor, state: tf.Tensor) -> Any:
+        features, final_state = features_of([tokens, state], training=True)  # (batch, time, f)
+        weights, bias = output_weights(model, model_config)  # (vocab, f), (vocab,)
+        losses = tf.nn.sampled_softmax_loss(
+            weights=tf.convert_to_tensor(weights),
+            biases=tf.convert_to_tensor(bias),
+            labels=tf.reshape(tf.cast(targets, tf.int64), (-1, 1)),  # (batch * time, 1)
+            inputs=tf.reshape(features, (-1, features.shape[-1])),  # (batch * time, f)
+            num_sampled=config.sampled_words,
+            num_classes=model_config.vocab_size,
+        )
+        return tf.reduce_mean(losses), final_state
+
+    return sampled
 
 
 class WeightAverage:
@@ -104,7 +149,7 @@ def train(
     log: Callable[[str], None] = print,
     verbose: bool = True,
 ) -> TrainResult:
-    check_trainable(train_ids, valid_ids, config)
+    check_trainable(train_ids, valid_ids, vocab_size, config)
     keras.utils.set_random_seed(config.seed)
     model_config = ModelConfig(
         vocab_size=vocab_size,
@@ -122,12 +167,16 @@ def train(
     clip_norm = tf.constant(config.clip_norm, tf.float32)
     average = WeightAverage(variables, config.ema_decay) if config.ema_decay else None
 
+    training_loss = make_training_loss(model, model_config, config)
+
     @tf.function(jit_compile=False)
     def train_step(tokens: tf.Tensor, targets: tf.Tensor, state: tf.Tensor) -> Any:
         with tf.GradientTape() as tape:
-            logits, final_state = model([tokens, state], training=True)  # (batch, time, vocab)
-            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(targets, logits))
+            loss, final_state = training_loss(tokens, targets, state)
         gradients = tape.gradient(loss, variables)
+        # The sampled loss leaves the output weights a sparse gradient whose rows can repeat;
+        # summed into a dense one first, the global-norm clip and Adam see each word once.
+        gradients = [tf.convert_to_tensor(gradient) for gradient in gradients]
         gradients, _ = tf.clip_by_global_norm(gradients, clip_norm)
         optimizer.apply(gradients, variables)
         if average is not None:
@@ -146,6 +195,8 @@ def train(
     trained_tokens = 0
     train_time = 0.0
 
+    # The sampled loss estimates the full one from below: say so beside its perplexity.
+    train_note = " (sampled loss)" if config.softmax == "sampled" else ""
     for epoch in range(1, config.epochs + 1):
         learning_rate = float(optimizer.learning_rate.numpy())
         if verbose:
@@ -191,7 +242,7 @@ def train(
         result.history.append(record)
         if verbose:
             log(
-                f"epoch {epoch}: train ppl {record.train_perplexity:.2f}  valid ppl "
+                f"epoch {epoch}: train ppl {record.train_perplexity:.2f}{train_note}  valid ppl "
                 f"{valid.perplexity:.2f}  {epoch_seconds:.0f} s  "
                 f"{record.tokens_per_second:.0f} tokens/s  (validation {eval_seconds:.0f} s)"
             )
