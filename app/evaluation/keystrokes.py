@@ -30,6 +30,7 @@ import numpy as np
 
 from app.inference import engine, phrases
 from app.inference.predictor import FIRST_WORD_ID, PHRASE_BEAM, Predictor
+from app.tokenizer import standardise
 
 
 @dataclass
@@ -67,11 +68,13 @@ def simulate(
     model, baseline = Tally(), Tally()
     state = engine.run(weights, [tokenizer.end_id])
     for line in lines:
-        words = tokenizer.words(line)  # standardised, unknown ones as <unk>
-        if max_words is not None:
-            words = words[: max(0, max_words - model.words)]
-        if not words:
+        if max_words is not None and model.words >= max_words:
             break
+        words = standardise(line, tokenizer.config)  # as typed (unknown ones too), standardised
+        if max_words is not None:
+            words = words[: max_words - model.words]
+        if not words:
+            continue  # a blank line: nothing typed, nothing read (as in training)
         ids = tokenizer.encode(line)[: len(words)]
         position = 0
         while position < len(words):
@@ -100,8 +103,6 @@ def simulate(
             tally.full += 1
             tally.pressed += 1
         state = engine.run(weights, [tokenizer.end_id], state)
-        if max_words is not None and model.words >= max_words:
-            break
     return Savings(model, baseline)
 
 
@@ -117,16 +118,21 @@ def _type_word(
 ) -> tuple[int, int]:
     """(keystrokes pressed, words entered) for the word at `position`."""
     word, target = words[position], ids[position]
-    if target < FIRST_WORD_ID or not predictor.choices.offered[target]:
+    choices = predictor.choices
+    if target < FIRST_WORD_ID or choices.blocked[target]:
         return len(word) + 1, 1  # never offered: typed in full
     wanted = tuple(ids[position : position + phrase_words]) if phrase_words else ()
     passed = np.zeros(len(probabilities), dtype=bool)  # shown for this word, not taken
     for typed in range(len(word) + 1):
-        candidates = predictor.choices.completions(word[:typed])
-        candidates = candidates[~passed[candidates]]  # as /predict's `exclude` does
+        # As /predict: next words are every word but the blocked (the number token too),
+        # completions and phrases only words a user can write; `exclude` drops those passed.
+        completions = choices.completions(word[:typed])
+        candidates = choices.next_ids if typed == 0 else completions
+        candidates = candidates[~passed[candidates]]
         shown = _best(probabilities, candidates, suggestions)
-        if len(wanted) == phrase_words > 1 and shown.size:
-            phrase, value = _best_phrase(predictor, state, probabilities, candidates, phrase_words)
+        completions = completions[~passed[completions]]
+        if len(wanted) == phrase_words > 1 and completions.size:
+            phrase, value = _best_phrase(predictor, state, probabilities, completions, phrase_words)
             last = shown[-1]
             if value > probabilities[last] * (len(predictor.tokenizer.vocabulary[last]) - typed):
                 if phrase == wanted:
@@ -173,9 +179,11 @@ def _best(probabilities: np.ndarray, candidates: np.ndarray, count: int) -> np.n
 
 def _baseline_keys(predictor: Predictor, word: str, target: int, suggestions: int) -> int:
     """Keystrokes for `word` with the most frequent words of the typed prefix shown."""
-    if target < FIRST_WORD_ID or not predictor.choices.offered[target]:
+    if target < FIRST_WORD_ID or predictor.choices.blocked[target]:
         return len(word) + 1
     for typed in range(len(word) + 1):
-        if target in predictor.choices.completions(word[:typed])[:suggestions]:
+        choices = predictor.choices
+        candidates = choices.next_ids if typed == 0 else choices.completions(word[:typed])
+        if target in candidates[:suggestions]:
             return typed + 1
     return len(word) + 1

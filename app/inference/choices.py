@@ -44,6 +44,8 @@ class WordChoices:
         self.offered[:first_word_id] = False
         self.offered[list(placeholders)] = False
         self.offered_ids = np.flatnonzero(self.offered)
+        # What may come next: every word but the blocked, placeholders included.
+        self.next_ids = first_word_id + np.flatnonzero(~blocked[first_word_id:])
         order = sorted(np.flatnonzero(self.offered).tolist(), key=vocabulary.__getitem__)
         self._sorted_words = [vocabulary[id_] for id_ in order]
         self._sorted_ids = np.array(order, dtype=np.intp)

@@ -42,6 +42,9 @@ def search(
     completion's, say); later words are those `offered` (a (vocab,) mask), scored by the model
     with `blocked_ids` removed.
     """
+    if not len(first_ids):  # nothing may come first: no phrase
+        empty = np.empty((0, words), dtype=np.intp)
+        return Beam(empty, np.empty(0), np.empty((0, weights.hidden_units), engine.FLOAT))
     order = np.lexsort((first_ids, -first_probabilities))[:width]
     ids = first_ids[order][:, None]
     with np.errstate(divide="ignore"):  # log(0) = -inf: a word that cannot be reached

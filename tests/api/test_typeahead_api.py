@@ -142,11 +142,6 @@ def test_a_fragment_nothing_completes_is_answered_with_no_words(client: TestClie
 
 
 @slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="app bug: phrase_words above 1 for a fragment no word completes: 500 (ValueError in "
-    "phrases.search, a beam of no rows)",
-)
 def test_phrases_for_a_fragment_nothing_completes(client: TestClient) -> None:
     answer = predict(client, text="the cat sees the zz", phrase_words=2)
     assert answer["predictions"] == [] and answer["phrases"] == []

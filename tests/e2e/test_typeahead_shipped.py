@@ -186,11 +186,6 @@ def test_the_shipped_list_blocks_the_ptb_words_it_names(
     assert answer.words == () and answer.completing == "sex"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app bug: phrase_words above 1 for a fragment no offered word completes raises "
-    "ValueError in phrases.search (a beam of no rows); /predict answers 500",
-)
 def test_phrases_for_a_fragment_nothing_completes_are_none(served: Predictor) -> None:
     answer = ask(served, "charges of sex", phrase_words=2)
     assert (answer.words, answer.phrases, answer.completing) == ((), (), "sex")

@@ -20,12 +20,6 @@ from app.tokenizer import PRESETS, Tokenizer
 # Ranked as a trained vocabulary is (most frequent first): the baseline shows the lowest ids.
 TINY_WORDS = ["the", "to", "a", "that", "then", "cat"]
 
-UNKNOWN_WORD_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="app bug: simulate counts an unknown word as the 5 letters of `<unk>` and a space, "
-    "not the letters the user types",
-)
-
 
 def make_predictor(words: Sequence[str], seed: int = 0, number_bias: float = 0.0) -> Predictor:
     """A random model over `words`, read with the raw preset (lower-casing, like PTB's).
@@ -129,7 +123,6 @@ def test_the_simulator_presses_what_a_user_of_the_service_would(suggestions: int
     )
 
 
-@UNKNOWN_WORD_BUG
 def test_an_unknown_word_among_known_ones_costs_its_own_letters() -> None:
     predictor = random_predictor(vocab=300)
     lines = [*lines_for(predictor, 12, seed=7), "w17 hippopotamus w203"]
@@ -138,11 +131,6 @@ def test_an_unknown_word_among_known_ones_costs_its_own_letters() -> None:
     assert (result.model.pressed, result.model.full) == (expected.pressed, expected.full)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app bug: the service offers the number token N as a next word (it takes a slot), "
-    "the simulator never shows it, so it shows one more real word than the service",
-)
 def test_the_number_token_takes_a_slot_as_it_does_in_the_service() -> None:
     words = ["N", *(f"w{i}" for i in range(3, 40))]
     predictor = make_predictor(words, seed=1, number_bias=2.5)
@@ -183,7 +171,6 @@ def test_the_baseline_shows_the_most_frequent_words_of_what_is_typed(tiny: Predi
     assert result.model.full == 22 and result.model.words == 5
 
 
-@UNKNOWN_WORD_BUG
 def test_an_unknown_word_is_typed_in_full(tiny: Predictor) -> None:
     result = simulate(tiny, ["the dog"], suggestions=len(TINY_WORDS))
     # "the" taken at once; "dog" typed in full with its space; the line break.
@@ -210,9 +197,6 @@ def test_max_words_stops_after_that_many_words(
     assert result.model.words == result.baseline.words == min(max_words, 6)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="app bug: a blank line ends the simulation; the lines after it are lost"
-)
 def test_a_blank_line_adds_nothing(tiny: Predictor) -> None:
     assert simulate(tiny, ["then the", "", "a cat"], 2) == simulate(tiny, ["then the", "a cat"], 2)
 
