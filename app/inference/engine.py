@@ -62,16 +62,23 @@ def rnn_step(
 
 
 def run_batch(
-    weights: RnnWeights, sequences: Sequence[Sequence[int]], states: np.ndarray
+    weights: RnnWeights,
+    sequences: Sequence[Sequence[int]],
+    states: np.ndarray,
+    steps: list[np.ndarray] | None = None,
 ) -> np.ndarray:
     """Row r: the state after reading sequences[r] from states[r]. (batch, hidden) -> same.
 
     The rows step together, longest first, one product a step for the rows still reading: a
-    batch costs about as many NumPy calls as its longest sequence.
+    batch costs about as many NumPy calls as its longest sequence. Given a list as `steps`,
+    row r's states after each of its ids, (len(sequences[r]), hidden), are appended to it.
     """
     order = sorted(range(len(sequences)), key=lambda row: -len(sequences[row]))
     lengths = [len(sequences[row]) for row in order]
     current = np.array(states[order], dtype=FLOAT)  # a copy, in that order
+    history = None
+    if steps is not None:
+        history = np.empty((lengths[0] if lengths else 0, *current.shape), dtype=FLOAT)
     if lengths and lengths[0]:
         # (steps, batch) ids, 0 past a row's end (looked up, never used) -> their input rows.
         ids = np.zeros((lengths[0], len(order)), dtype=np.intp)
@@ -84,6 +91,13 @@ def run_batch(
                 reading -= 1
             rows = current[:reading]
             rnn_step(weights, inputs[step, :reading], rows, out=rows)
+            if history is not None:
+                history[step, :reading] = rows
+    if steps is not None and history is not None:
+        column_of = {row: column for column, row in enumerate(order)}
+        steps += [
+            history[: len(sequences[row]), column_of[row]].copy() for row in range(len(order))
+        ]
     out = np.empty_like(current)
     out[order] = current
     return out

@@ -27,12 +27,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from app.inference import engine, phrases
+from app.inference import distribution, engine, phrases
 from app.inference.blocklist import Blocklist
 from app.inference.choices import WordChoices
 from app.inference.fragment import Casing, Typed, casing_of, split_typed, starts_sentence, written
 from app.inference.queries import ModelInfo, Phrase, Prediction, Query
-from app.inference.reading import Reading, ReadingCache, read_text
+from app.inference.reading import Memory, Reading, ReadingCache, read_text
 from app.tokenizer import Tokenizer
 
 __all__ = ["ModelInfo", "Phrase", "Prediction", "Predictor", "Query", "Reading", "ReadingCache"]
@@ -67,6 +67,7 @@ class Predictor:
         self.info = info
         self.cache = ReadingCache(cache_size)
         self._zero = np.zeros(weights.hidden_units, dtype=engine.FLOAT)
+        self._no_memory = Memory.empty(weights.hidden_units)
         config = tokenizer.config
         number = tokenizer.id_of(config.number_token) if config.numbers == "replace" else None
         self.choices = WordChoices(
@@ -82,14 +83,12 @@ class Predictor:
         include_special: bool = False,
         phrase_words: int = 1,
         exclude: tuple[str, ...] = (),
+        continuous_cache: bool = True,
     ) -> Prediction:
-        """The `top_k` most likely next words after `text` (or completions of the word being
-        typed at its end), most likely first.
-
-        <unk> and <eos> are left out unless `include_special`; the probabilities are the
-        model's own over the words that may be offered (not renormalised over those returned).
-        """
-        return self.predict_batch([Query(text, top_k, include_special, phrase_words, exclude)])[0]
+        """The answer to one Query (see app.inference.queries): the `top_k` most likely next
+        words after `text`, or completions of the word being typed at its end."""
+        query = Query(text, top_k, include_special, phrase_words, exclude, continuous_cache)
+        return self.predict_batch([query])[0]
 
     def predict_batch(self, queries: Sequence[Query]) -> list[Prediction]:
         """`predict` for each query, their recurrent steps and output layer taken together."""
@@ -100,16 +99,19 @@ class Predictor:
                 raise ValueError(f"top_k and phrase_words must be 1 or more: {query}")
         typed = [split_typed(query.text, self.tokenizer.config) for query in queries]
         pending = [self._pending(item.context) for item in typed]
-        states = self._states(pending)
-        scores = engine.logits(self.weights, states)  # (batch, vocab)
-        scores[:, self.choices.blocked_ids] = -np.inf  # removed; the softmax renormalises
-        # A completion is chosen among its candidates by their own softmax: taken before the
-        # softmax of the whole rows overwrites the scores.
-        completions = [
-            None if item.fragment is None else self._completions(scores[row], item.stem)
-            for row, item in enumerate(typed)
-        ]
-        probabilities = engine.softmax(scores, in_place=True)
+        readings = self._states(pending)
+        states = np.stack([reading.state for reading in readings])  # type: ignore[misc]
+        probabilities, completions = distribution.next_words(
+            self.weights,
+            states,
+            self.choices,
+            [None if item.fragment is None else item.stem for item in typed],
+            [
+                r.memory if q.continuous_cache else None
+                for q, r in zip(queries, readings, strict=True)
+            ],
+            self.info.continuous_cache,
+        )
         # Words passed over are not shown, but keep their share of the probabilities.
         passed = [self._ids_of(query.exclude) for query in queries]
         best = engine.top_k_rows(
@@ -121,39 +123,18 @@ class Predictor:
             [0 if query.include_special else FIRST_WORD_ID for query in queries],
         )
         answers = []
-        for row, (query, item, completion) in enumerate(
-            zip(queries, typed, completions, strict=True)
-        ):
-            if completion is None:  # the next word
-                ids = best[row][~self.choices.blocked[best[row]]]  # (ties at 0 with them)
-                if passed[row].size:
-                    ids = ids[~np.isin(ids, passed[row])]
-                ids = ids[: query.top_k]
-                shown = (ids, probabilities[row, ids])
-                first = (self.choices.offered_ids, probabilities[row])
-            else:  # the best of the words that complete the fragment
-                first = completion
-                if passed[row].size:
-                    kept = ~np.isin(completion[0], passed[row])
-                    first = (completion[0][kept], completion[1][kept])
-                order = engine.top_k(first[1], query.top_k)
-                shown = (first[0][order], first[1][order])
-            if passed[row].size and completion is None:
-                first = (first[0][~np.isin(first[0], passed[row])], first[1])
-            answers.append(
-                self._answer(query, item, pending[row].reading, states[row], shown, first)
-            )
+        for row, (query, item) in enumerate(zip(queries, typed, strict=True)):
+            shown, first = distribution.choose(
+                probabilities[row], best[row], completions[row], passed[row], query.top_k,
+                self.choices,
+            )  # fmt: skip
+            answers.append(self._answer(query, item, readings[row], states[row], shown, first))
         return answers
 
     def _ids_of(self, words: Sequence[str]) -> np.ndarray:
         """The ids of `words` as the tokenizer reads them (unknown ones have none)."""
         ids = self.tokenizer.encode(" ".join(words)) if words else ()
         return np.array([id_ for id_ in ids if id_ != self.tokenizer.unknown_id], dtype=np.intp)
-
-    def _completions(self, scores: np.ndarray, stem: str) -> tuple[np.ndarray, np.ndarray]:
-        """The ids of the words that begin with `stem`, and their probabilities among them."""
-        ids = self.choices.completions(stem)
-        return ids, engine.softmax(scores[ids]) if ids.size else scores[ids]
 
     def _answer(
         self,
@@ -233,8 +214,12 @@ class Predictor:
             taken = typed.context
             if taken and not taken[-1].isspace():
                 taken += " "
-            # With the space a keyboard adds after it: the context of the next request.
-            self.cache.put(taken + " ".join(words) + " ", reading.followed_by(ids, tokens, after))
+            # With the space a keyboard adds after it: the context of the next request. (Not
+            # with a continuous cache: the beam keeps no memory of the phrase's own states.)
+            if self.info.continuous_cache is None:
+                self.cache.put(
+                    taken + " ".join(words) + " ", reading.followed_by(ids, tokens, after)
+                )
         return tuple(found)
 
     def kept(self, text: str) -> Reading | None:
@@ -266,25 +251,36 @@ class Predictor:
         if kept is None:
             return _Pending(text, read_text(self.tokenizer, text), 0, None)
         if cut == len(text):
-            return _Pending(text, kept, len(kept.ids), kept.state)
-        return _Pending(
-            text, read_text(self.tokenizer, text[cut:], after=kept), len(kept.ids), kept.state
-        )
+            return _Pending(text, kept, len(kept.ids), kept.state, kept.memory)
+        reading = read_text(self.tokenizer, text[cut:], after=kept)
+        return _Pending(text, reading, len(kept.ids), kept.state, kept.memory)
 
     # --- ids -> states ----------------------------------------------------------------------
 
-    def _states(self, pending: Sequence[_Pending]) -> np.ndarray:
-        """The state after each text: (batch, hidden), stepped from the furthest state kept
-        for it. Every text read is kept, with its state."""
+    def _states(self, pending: Sequence[_Pending]) -> list[Reading]:
+        """Each text's reading with the state after it (and with a continuous cache, its
+        memory), stepped from the furthest state kept for it. Every text read is kept."""
+        cache = self.info.continuous_cache
+        steps: list[np.ndarray] | None = None if cache is None else []
         states = engine.run_batch(
             self.weights,
             [item.reading.ids[item.done :] for item in pending],
             np.stack([self._zero if item.start is None else item.start for item in pending]),
+            steps,
         )
-        for item, state in zip(pending, states, strict=True):
-            if item.reading.state is None:  # (a copy: a row of its own, not a view of the batch)
-                self.cache.put(item.text, item.reading.followed_by((), (), state))
-        return states
+        readings = []
+        for row, (item, state) in enumerate(zip(pending, states, strict=True)):
+            reading = item.reading
+            if reading.state is None:  # (a copy: a row of its own, not a view of the batch)
+                memory = None
+                if cache is not None and steps is not None:
+                    memory = (item.memory or self._no_memory).after(
+                        item.start, reading.ids[item.done :], steps[row], cache.size
+                    )
+                reading = reading.followed_by((), (), state, memory)
+                self.cache.put(item.text, reading)
+            readings.append(reading)
+        return readings
 
 
 class _Pending(NamedTuple):
@@ -294,6 +290,7 @@ class _Pending(NamedTuple):
     reading: Reading
     done: int  # ids of the reading already stepped
     start: np.ndarray | None  # the state after them (None: the zero state)
+    memory: Memory | None = None  # the continuous cache's memory of them
 
 
 def _shortest(value: float) -> float:

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from app.inference.continuous_cache import CacheSettings
+
 
 class Query(NamedTuple):
     """One request: the text so far and what to return."""
@@ -15,6 +17,7 @@ class Query(NamedTuple):
     include_special: bool = False  # also offer <unk> and <eos> (never as a completion)
     phrase_words: int = 1  # above 1: also the top_k phrases of that many words
     exclude: tuple[str, ...] = ()  # words not to offer (say, those the user passed over)
+    continuous_cache: bool = True  # mix in the cache over the text's states, if the model has one
 
 
 class Phrase(NamedTuple):
@@ -46,3 +49,5 @@ class ModelInfo:
     architecture: dict[str, Any]
     metrics: dict[str, Any]
     created: str | None = None
+    # How the model's continuous cache is used (continuous_cache.json); None: it has none.
+    continuous_cache: CacheSettings | None = None

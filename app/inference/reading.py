@@ -26,6 +26,40 @@ _LINE_BREAK = re.compile(r"\r\n|[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
 
 
 @dataclass(frozen=True)
+class Memory:
+    """The continuous cache's memory of a text: the state after each of its ids but the last,
+    and the id read after it (app.inference.continuous_cache), the most recent `size` pairs.
+
+    Half precision: a memory is up to thousands of states, each kept with a text in the cache;
+    a state's components are tanh outputs in [-1, 1], where float16 keeps 3 digits.
+    """
+
+    states: np.ndarray  # (pairs, hidden) float16, read-only
+    next_ids: np.ndarray  # (pairs,)
+
+    def __len__(self) -> int:
+        return len(self.next_ids)
+
+    def after(
+        self, start: np.ndarray | None, ids: Sequence[int], steps: np.ndarray, size: int
+    ) -> Memory:
+        """This memory with the pairs of reading `ids` from the state `start` (None: from the
+        zero state, which pairs with nothing), stepping through `steps` (len(ids), hidden)."""
+        if not len(ids):
+            return self
+        before = steps[:-1] if start is None else np.concatenate([start[None, :], steps[:-1]])
+        new_ids = np.asarray(ids[1:] if start is None else ids, dtype=np.intp)
+        states = np.concatenate([self.states, before.astype(np.float16)])[-size:]
+        next_ids = np.concatenate([self.next_ids, new_ids])[-size:]
+        states.flags.writeable = next_ids.flags.writeable = False
+        return Memory(states, next_ids)
+
+    @classmethod
+    def empty(cls, hidden: int) -> Memory:
+        return cls(np.empty((0, hidden), dtype=np.float16), np.empty(0, dtype=np.intp))
+
+
+@dataclass(frozen=True)
 class Reading:
     """A text as the model reads it, and the state after it (None until computed)."""
 
@@ -33,24 +67,36 @@ class Reading:
     tokens: tuple[str, ...]
     unknown_words: tuple[str, ...]
     state: np.ndarray | None = None  # (hidden,), read-only
+    memory: Memory | None = None  # with a continuous cache: the text's states
 
-    def followed_by(self, ids: Sequence[int], tokens: Sequence[str], state: np.ndarray) -> Reading:
+    def followed_by(
+        self,
+        ids: Sequence[int],
+        tokens: Sequence[str],
+        state: np.ndarray,
+        memory: Memory | None = None,
+    ) -> Reading:
         """This reading with more words read, and the state after them (a read-only copy)."""
         kept = state.copy()
         kept.flags.writeable = False  # handed to later requests: nothing may change it
-        return Reading(self.ids + tuple(ids), self.tokens + tuple(tokens), self.unknown_words, kept)
+        return Reading(
+            self.ids + tuple(ids), self.tokens + tuple(tokens), self.unknown_words, kept, memory
+        )
 
 
 class ReadingCache:
-    """Readings by text, least recently used dropped first: at most `max_entries`, and at most
-    CHARS_PER_ENTRY characters a entry on average (so memory is bounded however long the texts)."""
+    """Readings by text, least recently used dropped first: at most `max_entries`, and on
+    average at most CHARS_PER_ENTRY characters and PAIRS_PER_ENTRY continuous-cache pairs an
+    entry (so memory is bounded however long the texts)."""
 
     CHARS_PER_ENTRY = 256
+    PAIRS_PER_ENTRY = 8
 
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
         self.max_chars = max_entries * self.CHARS_PER_ENTRY
-        self.chars = 0
+        self.max_pairs = max_entries * self.PAIRS_PER_ENTRY
+        self.chars = self.pairs = 0
         self._entries: OrderedDict[str, Reading] = OrderedDict()
         self.hits = self.misses = 0  # a hit: the text or its head was kept
 
@@ -82,15 +128,25 @@ class ReadingCache:
         return any(text[:cut] in self._entries for cut in (len(text), *_head_lengths(text)))
 
     def put(self, text: str, reading: Reading) -> None:
-        if len(text) > self.max_chars or self.max_entries < 1:
+        pairs = len(reading.memory) if reading.memory is not None else 0
+        if len(text) > self.max_chars or pairs > self.max_pairs or self.max_entries < 1:
             return  # could never fit: keep what is there
-        if self._entries.pop(text, None) is not None:
-            self.chars -= len(text)
+        old = self._entries.pop(text, None)
+        if old is not None:
+            self._forget(text, old)
         self._entries[text] = reading
         self.chars += len(text)
-        while len(self._entries) > self.max_entries or self.chars > self.max_chars:
-            dropped, _ = self._entries.popitem(last=False)
-            self.chars -= len(dropped)
+        self.pairs += pairs
+        while (
+            len(self._entries) > self.max_entries
+            or self.chars > self.max_chars
+            or self.pairs > self.max_pairs
+        ):
+            self._forget(*self._entries.popitem(last=False))
+
+    def _forget(self, text: str, reading: Reading) -> None:
+        self.chars -= len(text)
+        self.pairs -= len(reading.memory) if reading.memory is not None else 0
 
 
 def read_text(tokenizer: Tokenizer, text: str, after: Reading | None = None) -> Reading:
