@@ -90,7 +90,12 @@ def model_routes(settings: Settings) -> APIRouter:
         if len(body.text) > settings.max_text_chars:
             raise TextTooLong(len(body.text), settings.max_text_chars)
         query = Query(
-            body.text, body.top_k, body.include_special, body.phrase_words, tuple(body.exclude)
+            body.text,
+            body.top_k,
+            body.include_special,
+            body.phrase_words,
+            tuple(body.exclude),
+            body.continuous_cache,
         )
         # Cancelled at the deadline: a query still queued is dropped; one already computing
         # finishes there, and the 504 follows it.

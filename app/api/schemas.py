@@ -65,6 +65,12 @@ class PredictRequest(BaseModel):
         "over (they keep their share of the probabilities).",
         examples=[["to", "a"]],
     )
+    continuous_cache: bool = Field(
+        default=True,
+        description="Mix in the model's continuous cache over this text (when the model has "
+        "one: /models shows its settings): words of the text that followed states like the "
+        "present one gain probability. false: the model alone.",
+    )
 
     @field_validator("top_k", mode="before")
     @classmethod
@@ -209,9 +215,16 @@ class ModelDescription(BaseModel):
         description="From the manifest: perplexity and top-k accuracy per split"
     )
     created: str | None = None
+    continuous_cache: dict[str, Any] | None = Field(
+        default=None,
+        description="The continuous cache /predict mixes in (size: the memory's pairs, theta, "
+        "weight: its share); null when the model has none",
+        examples=[{"size": 2000, "theta": 0.2, "weight": 0.15}],
+    )
 
     @classmethod
     def of(cls, info: ModelInfo) -> ModelDescription:
+        cache = info.continuous_cache
         return cls(
             name=info.name,
             version=info.version,
@@ -219,6 +232,7 @@ class ModelDescription(BaseModel):
             architecture=info.architecture,
             metrics=info.metrics,
             created=info.created,
+            continuous_cache=cache.to_dict() if cache is not None else None,
         )
 
 
