@@ -12,6 +12,9 @@ one keystroke, never spared. Words the model does not know are typed in full.
 Words shown for a word and passed over are not shown again for it (what a client does with
 /predict's `exclude`): the user would have taken them.
 
+Where the model has a continuous cache, it is mixed in as /predict does by default, over all
+the text typed so far (the file is one text box).
+
 With `phrase_words`, the last slot shows the best phrase of that many words instead of a word
 when it is worth more (its probability times the keystrokes it spares, against the word's);
 the user takes it when it is exactly what comes next (one keystroke for all its words).
@@ -28,8 +31,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.inference import engine, phrases
+from app.inference import distribution, engine, phrases
 from app.inference.predictor import FIRST_WORD_ID, PHRASE_BEAM, Predictor
+from app.inference.reading import Memory
 from app.tokenizer import standardise
 
 
@@ -59,12 +63,17 @@ def simulate(
     suggestions: int = 3,
     max_words: int | None = None,
     phrase_words: int = 0,
+    continuous_cache: bool = True,
 ) -> Savings:
     """Type `lines` (one sentence a line, read as one stream, the state carried across them)
-    with the model's suggestions and with the baseline's. `phrase_words` 0: no phrases."""
+    with the model's suggestions and with the baseline's. `phrase_words` 0: no phrases. With
+    `continuous_cache` and a model that has one, it is mixed in as /predict does, over all the
+    text typed so far."""
     if suggestions < 1 or (phrase_words and (phrase_words < 2 or suggestions < 2)):
         raise ValueError("suggestions must be 1 or more; phrases need 2 or more of each")
     tokenizer, weights, choices = predictor.tokenizer, predictor.weights, predictor.choices
+    cache = predictor.info.continuous_cache if continuous_cache else None
+    memory = _Memory(weights.hidden_units, cache.size if cache else 0)
     model, baseline = Tally(), Tally()
     state = engine.run(weights, [tokenizer.end_id])
     for line in lines:
@@ -78,9 +87,9 @@ def simulate(
         ids = tokenizer.encode(line)[: len(words)]
         position = 0
         while position < len(words):
-            scores = engine.logits(weights, state[None, :])[0]
-            scores[choices.blocked_ids] = -np.inf
-            probabilities = engine.softmax(scores)
+            probabilities = distribution.next_words(
+                weights, state[None, :], choices, [None], [memory.now()], cache
+            )[0][0]
             typed, taken = _type_word(
                 predictor, state, probabilities, words, ids, position, suggestions, phrase_words
             )
@@ -96,14 +105,40 @@ def simulate(
                     predictor, words[position + offset], word_id, suggestions
                 )
                 baseline.words += 1
+                memory.add(state, word_id)
                 state = engine.run(weights, [word_id], state)
             position += taken
         # The end of the line: one keystroke (Enter, or a full stop), and the model reads <eos>.
         for tally in (model, baseline):
             tally.full += 1
             tally.pressed += 1
+        memory.add(state, tokenizer.end_id)
         state = engine.run(weights, [tokenizer.end_id], state)
     return Savings(model, baseline)
+
+
+class _Memory:
+    """The continuous cache's memory of the text typed so far: its last `size` pairs (state,
+    id read next), in a buffer that grows by doubling, seen through a view (no copy a word)."""
+
+    def __init__(self, hidden: int, size: int) -> None:
+        self.size = size
+        self.states = np.empty((1024, hidden), dtype=np.float16)
+        self.ids = np.empty(1024, dtype=np.intp)
+        self.count = 0
+
+    def add(self, state: np.ndarray, next_id: int) -> None:
+        if not self.size:
+            return
+        if self.count == len(self.ids):
+            self.states = np.concatenate([self.states, np.empty_like(self.states)])
+            self.ids = np.concatenate([self.ids, np.empty_like(self.ids)])
+        self.states[self.count], self.ids[self.count] = state, next_id
+        self.count += 1
+
+    def now(self) -> Memory | None:
+        start = max(0, self.count - self.size)
+        return Memory(self.states[start : self.count], self.ids[start : self.count])
 
 
 def _type_word(
