@@ -57,11 +57,14 @@ def assert_ranked(body: dict[str, Any], count: int, special: bool = False) -> No
 
 @slow
 def test_predict(client: TestClient) -> None:
-    response = client.post("/predict", json={"text": "My friend likes a dragon", "top_k": 3})
+    response = client.post("/predict", json={"text": "My friend likes a dragon ", "top_k": 3})
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "application/json"
     body = response.json()
-    assert set(body) == {"next_word", "predictions", "tokens", "unknown_words", "model"}
+    assert set(body) == {
+        "next_word", "predictions", "tokens", "unknown_words", "model", "completing"
+    }  # fmt: skip
+    assert body["completing"] is None  # a trailing space: the next word, no word completed
     assert body["tokens"] == ["<eos>", "my", "friend", "likes", "a", "<unk>"]
     assert body["unknown_words"] == ["dragon"]
     assert body["model"] == {"name": "tiny", "version": 1}
@@ -71,7 +74,7 @@ def test_predict(client: TestClient) -> None:
 @slow
 def test_special_tokens_only_on_request(client: TestClient) -> None:
     # Every training sentence ends after its place ("... in the morning"): <eos> comes next.
-    text = "the cat sees the ball in the morning"
+    text = "the cat sees the ball in the morning "
     plain = client.post("/predict", json={"text": text, "top_k": 100}).json()
     assert_ranked(plain, WORDS)  # every word it knows but the two special tokens
     special = client.post("/predict", json={"text": text, "include_special": True}).json()
@@ -109,21 +112,23 @@ def test_health_ready_and_models(client: TestClient, tiny_model: TinyModel) -> N
         ("", ["<eos>"], []),
         ("   ", ["<eos>"], []),
         ("\x00", ["<eos>"], []),  # control characters are spaces
-        ("\x00\x01\x1b[31m", ["<eos>", "<unk>", "<unk>", "<unk>"], ["[", "N", "m"]),  # 31 -> N
-        ("emoji 😀🚀 and ünïcödé", ["<eos>"] + ["<unk>"] * 5,
+        # Each text ends in whitespace (or a control character, read as a space): the next
+        # word is predicted, the whole text read.
+        ("\x00\x01\x1b[31m ", ["<eos>", "<unk>", "<unk>", "<unk>"], ["[", "N", "m"]),  # 31: N
+        ("emoji 😀🚀 and ünïcödé ", ["<eos>"] + ["<unk>"] * 5,
          ["emoji", "😀", "🚀", "and", "ünïcödé"]),
         # Typed exactly, <eos> and <unk> are the special tokens; <EOS> is a mark, word, mark.
-        ("<eos> <unk> <EOS>", ["<eos>", "<eos>", "<unk>", "<unk>", "<unk>", "<unk>"],
+        ("<eos> <unk> <EOS> ", ["<eos>", "<eos>", "<unk>", "<unk>", "<unk>", "<unk>"],
          ["<", "eos", ">"]),
         ("\n" * 5000, ["<eos>"], []),  # blank lines add nothing
         ("the " * 2500, ["<eos>"] + ["the"] * 2500, []),
-        ("\u2028\u2029\x85 the", ["<eos>", "the"], []),  # three line breaks, then a sentence
-        ("x" * 10_000, ["<eos>", "<unk>"], ["x" * 10_000]),
-        ("?!...,;:-- ''", ["<eos>"] + ["<unk>"] * 12, list("?!...,;:--''")),
-        ("the кот 猫 sees \ufeffa ball",
+        ("\u2028\u2029\x85 the ", ["<eos>", "the"], []),  # three line breaks, then a sentence
+        ("x" * 9_999 + " ", ["<eos>", "<unk>"], ["x" * 9_999]),  # (10,000 characters)
+        ("?!...,;:-- '' ", ["<eos>"] + ["<unk>"] * 12, list("?!...,;:--''")),
+        ("the кот 猫 sees \ufeffa ball ",
          ["<eos>", "the", "<unk>", "<unk>", "sees", "<unk>", "a", "ball"],
          ["кот", "猫", "\ufeff"]),
-        ("\u0301\u200b\u200d\ufffd", ["<eos>"] + ["<unk>"] * 4,
+        ("\u0301\u200b\u200d\ufffd ", ["<eos>"] + ["<unk>"] * 4,
          ["\u0301", "\u200b", "\u200d", "\ufffd"]),
     ],
     ids=["empty", "spaces", "NUL", "control", "emoji", "specials", "newlines", "longest",
@@ -146,7 +151,7 @@ def test_odd_but_valid_text_is_answered(
     ("top_k", "count"), [(1, 1), (7.0, 7), (WORDS, WORDS), (WORDS + 1, WORDS), (100, WORDS)]
 )
 def test_top_k_words_or_all_it_knows(client: TestClient, top_k: float, count: int) -> None:
-    response = client.post("/predict", json={"text": "the cat", "top_k": top_k})
+    response = client.post("/predict", json={"text": "the cat ", "top_k": top_k})
     assert response.status_code == 200, response.text
     assert_ranked(response.json(), count)
 
@@ -164,13 +169,17 @@ def test_the_predict_body_is_the_documented_response(client: TestClient) -> None
     assert ok["schema"] == {"$ref": "#/components/schemas/PredictResponse"}
     schemas = spec["components"]["schemas"]
     body = response.json()
-    # Exactly the documented fields, no more (the model would ignore extra ones).
-    for value, name in [
-        (body, "PredictResponse"),
-        (body["model"], "ModelRef"),
-        *((prediction, "WordProbability") for prediction in body["predictions"]),
+    assert body["completing"] == "dog"  # the word being typed
+    # Exactly the documented fields, no more (the model would ignore extra ones): every one,
+    # but `phrases`, there only when asked for (phrase_words above 1).
+    for value, name, left_out in [
+        (body, "PredictResponse", {"phrases"}),
+        (body["model"], "ModelRef", set()),
+        *((prediction, "WordProbability", set()) for prediction in body["predictions"]),
     ]:
-        assert set(value) == set(schemas[name]["properties"]) == set(schemas[name]["required"])
+        properties = set(schemas[name]["properties"])
+        assert set(value) == properties - left_out
+        assert set(schemas[name]["required"]) <= set(value)
 
 
 # --- the web layer alone, over a fake backend ---------------------------------------------------
@@ -189,6 +198,7 @@ def test_route_hands_the_request_to_the_backend(
         "tokens": ["<eos>", "<unk>"],
         "unknown_words": ["zebra"],
         "model": {"name": "fake", "version": 7},
+        "completing": None,
     }
     assert fake_backend.queries == [Query("anything", 2, True)]
     assert fake_client.get("/ready").json() == {

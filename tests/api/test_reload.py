@@ -26,6 +26,7 @@ from support.models import TinyModel, random_predictor
 from app import store
 from app.api.app import create_app
 from app.inference.backend import Backend
+from app.inference.blocklist import Blocklist
 from app.inference.predictor import ModelInfo, Prediction, Predictor, Query
 from app.serving import manager as manager_module
 from app.serving.manager import ModelManager
@@ -346,7 +347,7 @@ def test_a_model_that_loads_but_predicts_nonsense_is_refused(
             assert [r.version for r in served.refusals()] == [2]
             current = served.current
             assert current is not None and current.info.version == 1
-            assert_same_answer(await current.predict(Query("w5 w6")), expected(1, "w5 w6"))
+            assert_same_answer(await current.predict(Query("w5 w6 ")), expected(1, "w5 w6 "))
             assert models.loaded == [1, 2]
             # Not kept: the refused model goes with the collector's next pass (until then the
             # probe's exception, in a reference cycle, holds it).
@@ -472,9 +473,11 @@ def test_the_poller_serves_new_versions_and_skips_broken_ones(
     loads: list[int] = []
     real_load = manager_module.load_predictor
 
-    def counting_load(model_store: Path, name: str, version: int, cache_size: int) -> Predictor:
+    def counting_load(
+        model_store: Path, name: str, version: int, cache_size: int, blocklist: Blocklist | None
+    ) -> Predictor:
         loads.append(version)
-        return real_load(model_store, name, version, cache_size=cache_size)
+        return real_load(model_store, name, version, cache_size=cache_size, blocklist=blocklist)
 
     monkeypatch.setattr(manager_module, "load_predictor", counting_load)
     with served(reload_interval_s=0.05) as client:

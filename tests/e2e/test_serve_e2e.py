@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 def test_serve_answers_over_http_and_stops_cleanly(tiny_model: TinyModel, tmp_path: Path) -> None:
     with serving(tiny_model, tmp_path) as server:
         response = httpx.post(
-            server.url + "/predict", json={"text": "our neighbour watches", "top_k": 2}, timeout=5
+            server.url + "/predict", json={"text": "our neighbour watches ", "top_k": 2}, timeout=5
         )
         assert response.status_code == 200, response.text
         body = response.json()
@@ -113,7 +113,8 @@ def test_predict_prints_the_top_words(
     tiny_model: TinyModel, capsys: pytest.CaptureFixture[str]
 ) -> None:
     model = ["--store", str(tiny_model.store), "--name", "tiny", "--version", "1"]
-    assert main(["predict", "the teacher helps a dragon", "--top-k", "3", *model]) == 0
+    # A trailing space: the words after the text (without it, its last word is completed).
+    assert main(["predict", "the teacher helps a dragon ", "--top-k", "3", *model]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "tiny v1 read: <eos> the teacher helps a <unk>"
     assert lines[1] == "unknown words: dragon"

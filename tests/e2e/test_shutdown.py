@@ -103,9 +103,10 @@ WORDS_PER_REQUEST = 100_000
 
 
 def _long_text(seed: int) -> str:
-    # A different text for each request: no cache can answer one from another.
+    # A different text for each request: no cache can answer one from another. A trailing
+    # space: the next word is predicted (over the whole vocabulary, top_k of them).
     words = " ".join(SUBJECTS + VERBS + OBJECTS).split()
-    return " ".join(random.Random(seed).choices(words, k=WORDS_PER_REQUEST))
+    return " ".join(random.Random(seed).choices(words, k=WORDS_PER_REQUEST)) + " "
 
 
 def _wait_until_in_flight(url: str, count: int, within: float) -> None:

@@ -25,9 +25,10 @@ forks = pytest.mark.skipif(
 
 
 def queries(count: int, top_k: int = 3) -> list[Query]:
-    """Distinct texts of varied length over the random model's words w2 ... w299."""
+    """Distinct texts of varied length over the random model's words w2 ... w299, each asking
+    for the word after it (a trailing space)."""
     texts = [
-        " ".join([f"w{2 + i}", *(f"w{2 + (7 * i + j) % 298}" for j in range(i % 9))])
+        " ".join([f"w{2 + i}", *(f"w{2 + (7 * i + j) % 298}" for j in range(i % 9))]) + " "
         for i in range(count)
     ]
     return [Query(text, top_k) for text in texts]

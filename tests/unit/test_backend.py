@@ -33,14 +33,14 @@ def test_a_query_alone_is_answered_at_once_on_the_loop(
     before = children()
 
     async def main(backend: Backend) -> tuple[bool, Prediction, dict[str, float]]:
-        task = asyncio.create_task(backend.predict(Query("w5 w6 w7")))
+        task = asyncio.create_task(backend.predict(Query("w5 w6 w7 ")))
         await turns(3)  # neither max_wait_s nor a model process: answered within the turn
         return task.done(), await task, backend.stats()
 
     backend = Backend(predictor, max_batch=8, max_wait_s=10.0, model_process=True)
     done, answer, stats = run(main, backend)
     assert done
-    assert_same_answer(answer, reference.predict("w5 w6 w7"))
+    assert_same_answer(answer, reference.predict("w5 w6 w7 "))
     assert children() == before and stats["process_forks"] == 0
     assert (stats["batches"], stats["process_batches"]) == (1, 0)
 
@@ -96,23 +96,23 @@ def test_after_company_a_lone_query_still_goes_to_the_model_process(
 def test_a_long_text_alone_goes_to_the_model_process_unless_its_head_is_kept_here(
     predictor: Predictor, reference: Predictor, model_process: bool
 ) -> None:
-    text = " ".join(f"w{2 + i % 298}" for i in range(LONG_TEXT // 3))
+    text = "".join(f"w{2 + i % 298} " for i in range(LONG_TEXT // 3))
     assert len(text) >= LONG_TEXT
     predictor.predict(text)  # kept here: typed on, it costs one word's steps on the loop
 
     async def main(backend: Backend) -> tuple[list[Prediction], dict[str, float]]:
-        typed_on = await backend.predict(Query(text + " w9"))
+        typed_on = await backend.predict(Query(text + "w9 "))
         await asyncio.sleep(2 * BUSY_WINDOW_S)  # (no company since)
         cold = await backend.predict(Query("w7 " + text))
         await asyncio.sleep(2 * BUSY_WINDOW_S)
         # The model process sent back the reading it kept: typing on is computed here.
-        typed_on_cold = await backend.predict(Query("w7 " + text + " w8"))
+        typed_on_cold = await backend.predict(Query("w7 " + text + "w8 "))
         return [typed_on, cold, typed_on_cold], backend.stats()
 
     answers, stats = run(main, Backend(predictor, model_process=model_process))
-    assert_same_answer(answers[0], reference.predict(text + " w9"))
+    assert_same_answer(answers[0], reference.predict(text + "w9 "))
     assert_same_answer(answers[1], reference.predict("w7 " + text))
-    assert_same_answer(answers[2], reference.predict("w7 " + text + " w8"))
+    assert_same_answer(answers[2], reference.predict("w7 " + text + "w8 "))
     assert stats["batches"] == 3
     assert stats["process_batches"] == stats["process_forks"] == int(model_process)
 
@@ -154,7 +154,8 @@ def test_an_error_reaches_every_query_of_its_batch_and_no_other(
     answers = run(main, Backend(predictor, max_batch=4, model_process=model_process))
     for error in answers[:4]:  # the first batch
         assert isinstance(error, ValueError if not model_process else RuntimeError)
-        assert "top_k must be 1 or more" in str(error)
+        assert "top_k and phrase_words must be 1 or more" in str(error)
+        assert "top_k=0" in str(error)
     check([a for a in answers[4:] if isinstance(a, Prediction)], asked[4:], reference)
 
 

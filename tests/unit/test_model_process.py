@@ -165,14 +165,16 @@ def test_an_error_in_the_model_process_reaches_the_caller_and_the_process_goes_o
 ) -> None:
     async def main() -> list[Prediction]:
         process = ModelProcess(predictor)
-        with pytest.raises(RuntimeError, match="ValueError: top_k must be 1 or more, not 0"):
-            await process.run([Query("w2"), Query("w3", top_k=0)])
-        answers, _ = await process.run([Query("w4")])
+        with pytest.raises(
+            RuntimeError, match=r"ValueError: top_k and phrase_words must be 1 or more: .*top_k=0"
+        ):
+            await process.run([Query("w2 "), Query("w3 ", top_k=0)])
+        answers, _ = await process.run([Query("w4 ")])
         assert process.forks == 1
         await process.aclose()
         return answers
 
-    check(asyncio.run(main()), [Query("w4")], reference)
+    check(asyncio.run(main()), [Query("w4 ")], reference)
 
 
 def test_every_batch_owed_by_a_model_process_that_died_fails_and_the_next_run_forks_another(
@@ -180,21 +182,21 @@ def test_every_batch_owed_by_a_model_process_that_died_fails_and_the_next_run_fo
 ) -> None:
     async def main() -> list[Prediction]:
         process = ModelProcess(predictor)
-        await process.run([Query("w2")])
+        await process.run([Query("w2 ")])
         first = process.pid
         assert first is not None
         os.kill(first, signal.SIGKILL)
         owed = await asyncio.gather(
-            process.run([Query("w3")]), process.run([Query("w4")]), return_exceptions=True
+            process.run([Query("w3 ")]), process.run([Query("w4 ")]), return_exceptions=True
         )
         assert all(isinstance(error, ModelProcessGone) for error in owed), owed
         assert gone(first) and process.pid is None
-        answers, _ = await process.run([Query("w5")])
+        answers, _ = await process.run([Query("w5 ")])
         assert process.pid not in (first, None) and process.forks == 2
         await process.aclose()
         return answers
 
-    check(asyncio.run(main()), [Query("w5")], reference)
+    check(asyncio.run(main()), [Query("w5 ")], reference)
 
 
 def test_a_stuck_model_process_is_killed_and_replaced(
@@ -202,21 +204,21 @@ def test_a_stuck_model_process_is_killed_and_replaced(
 ) -> None:
     async def main() -> list[Prediction]:
         process = ModelProcess(predictor, answer_within_s=0.5)
-        await process.run([Query("w2")])
+        await process.run([Query("w2 ")])
         stuck = process.pid
         assert stuck is not None
         os.kill(stuck, signal.SIGSTOP)
         owed = await asyncio.gather(
-            process.run([Query("w3")]), process.run([Query("w4")]), return_exceptions=True
+            process.run([Query("w3 ")]), process.run([Query("w4 ")]), return_exceptions=True
         )
         assert all(isinstance(error, ModelProcessGone) for error in owed), owed
         assert "stuck" in str(owed[0]) and gone(stuck)
-        answers, _ = await process.run([Query("w5")])
+        answers, _ = await process.run([Query("w5 ")])
         assert process.forks == 2
         await process.aclose()
         return answers
 
-    check(asyncio.run(main()), [Query("w5")], reference)
+    check(asyncio.run(main()), [Query("w5 ")], reference)
 
 
 def test_a_fork_that_fails_is_reported_as_the_process_gone(
@@ -230,7 +232,7 @@ def test_a_fork_that_fails_is_reported_as_the_process_gone(
     async def main() -> None:
         process = ModelProcess(predictor)
         with pytest.raises(ModelProcessGone, match="could not be forked"):
-            await process.run([Query("w2")])
+            await process.run([Query("w2 ")])
         assert process.pid is None and process.forks == 0
 
     asyncio.run(main())
@@ -244,7 +246,7 @@ def test_the_model_process_keeps_none_of_the_parents_sockets(predictor: Predicto
 
     async def main() -> None:
         process = ModelProcess(predictor)
-        await process.run([Query("w2")])
+        await process.run([Query("w2 ")])
         listener.close()
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=5).close()

@@ -115,7 +115,7 @@ def _predictor(arrays: dict[str, np.ndarray], architecture: Architecture, cache:
 
 def texts_of_varied_length(count: int, seed: int) -> list[str]:
     """Texts of 0 to 200 words of the random models' vocabulary, with some unknown words, words
-    in capitals and line breaks."""
+    in capitals and line breaks, each asking for the word after it (a trailing space)."""
     rng = random.Random(seed)
     texts = []
     for _ in range(count):
@@ -126,8 +126,13 @@ def texts_of_varied_length(count: int, seed: int) -> list[str]:
             else f"w{rng.randrange(2, VOCAB)}"
             for _ in range(length)
         ]
-        texts.append(" ".join(words))
+        texts.append("".join(word + " " for word in words))
     return texts
+
+
+def starts_sentence(text: str) -> bool:
+    """Whether the word after one of these texts begins a sentence: written with a capital."""
+    return not text.strip(" ") or text.rstrip(" ").endswith("\n")
 
 
 def queries_of_varied_length(count: int, seed: int) -> list[Query]:
@@ -169,10 +174,13 @@ def test_equal_probabilities_come_in_word_id_order_in_any_batch() -> None:
     arrays["output.bias"][tied] = 40.0
     predictor = _predictor(arrays, Architecture(VOCAB, 64, 64, tied=True), cache=0)
     expected = [f"w{i}" for i in sorted(tied)]
+    capitalised = [word.capitalize() for word in expected]  # at a sentence's start
     texts = texts_of_varied_length(17, seed=4)
+    assert any(map(starts_sentence, texts)) and not all(map(starts_sentence, texts))
     for size in (1, 2, 7, 17):
-        for answer in predictor.predict_batch([Query(t, top_k=60) for t in texts[:size]]):
-            assert list(answer.words[:50]) == expected
+        answers = predictor.predict_batch([Query(t, top_k=60) for t in texts[:size]])
+        for text, answer in zip(texts, answers, strict=False):
+            assert list(answer.words[:50]) == (capitalised if starts_sentence(text) else expected)
             assert len(set(answer.probabilities[:50])) == 1
             assert answer.probabilities[50] < answer.probabilities[49]
 
@@ -181,16 +189,16 @@ def test_equal_probabilities_come_in_word_id_order_in_any_batch() -> None:
 
 
 def typed_on(seed: int, words: int) -> list[str]:
-    """One user's text as typed: each request a word (or a line break and a word) longer, some
-    words typed a letter at a time."""
+    """One user's text as typed: each request a word (or a line break and a word) longer and
+    asking for the word after it (a trailing space), some words typed a letter at a time."""
     rng = random.Random(seed)
     text, texts = "", []
     for _ in range(words):
         word = rng.choice([f"w{rng.randrange(2, VOCAB)}", "zebra", "W42", "w7."])
         text += rng.choice(["", " ", " ", " ", "\n", "\r\n"]) + word if text else word
         if rng.random() < 0.2:
-            texts.append(text[:-1])  # the word half typed
-        texts.append(text)
+            texts.append(text[:-1])  # the word half typed: it is completed
+        texts.append(text + " ")
     return texts
 
 
@@ -215,7 +223,7 @@ def test_a_text_typed_on_word_by_word_gives_the_answer_of_the_text_read_at_once(
     for text in texts:
         typist.predict(text, top_k=20)
     reader = forgetful_predictor(seed=7)
-    for text in (texts[-1], texts[-1] + " w99"):  # the last, and a word typed on after it
+    for text in (texts[-1], texts[-1] + "w99 "):  # the last, and a word typed on after it
         hits = typist.cache.hits
         assert_same_answer(typist.predict(text, top_k=20), reader.predict(text, top_k=20))
         assert typist.cache.hits == hits + 1  # its state (or its head's) from the cache
@@ -249,7 +257,9 @@ def test_the_shipped_model_keeps_the_rule_over_long_texts() -> None:
     predictor = load_predictor(SHIPPED.parents[1], SHIPPED.parent.name, SHIPPED.name, cache_size=0)
     words = predictor.tokenizer.vocabulary[2:]
     rng = random.Random(12)
-    texts = [" ".join(rng.choices(words, k=n)) for n in (1, 10, 100, 300, 1000) for _ in range(3)]
+    texts = [
+        " ".join(rng.choices(words, k=n)) + " " for n in (1, 10, 100, 300, 1000) for _ in range(3)
+    ]
     queries = [Query(text, top_k=20) for text in texts]
     expected = [alone(predictor, query) for query in queries]
     for size in (2, 5, 15):
