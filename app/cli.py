@@ -1,4 +1,4 @@
-"""The `nextword` command: train, evaluate, serve, predict.
+"""The `nextword` command: train, evaluate, serve, predict, tune-cache.
 
 Errors in what the user gave (files, settings, names) print one line, `nextword: error: ...`, and
 exit with status 2; nothing is written.
@@ -99,7 +99,9 @@ def _add_evaluate(commands: Any) -> None:
         "--phrase-words", type=int, default=2, help="words in such a phrase (default 2)"
     )
     parser.add_argument("--words", type=int, default=None, help="only the file's first WORDS words")
-    from app import serve_cli
+    from app import cache_cli, serve_cli
+
+    cache_cli.add_evaluate_flag(parser)
 
     # The same model flags and defaults (NEXTWORD_* settings) as `serve` and `predict`.
     serve_cli.add_model_flags(parser)
@@ -110,6 +112,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from app.tokenizer import Tokenizer
     from app.training.corpus import read_lines
 
+    if args.continuous_cache:
+        from app import cache_cli
+
+        return cache_cli.run_evaluate(args)
     settings = serve_cli.model_settings(args)
     if args.keystrokes:
         return _run_keystrokes(args, settings)
@@ -199,9 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(commands)
     _add_evaluate(commands)
     _add_promote(commands)
-    from app import serve_cli
+    from app import cache_cli, serve_cli
 
     serve_cli.add_commands(commands)
+    cache_cli.add_commands(commands)
     return parser
 
 
@@ -209,9 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     runners = {"train": _run_train, "evaluate": _run_evaluate, "promote": _run_promote}
-    from app import serve_cli
+    from app import cache_cli, serve_cli
 
     runners.update(serve_cli.RUNNERS)
+    runners.update(cache_cli.RUNNERS)
     try:
         return runners[args.command](args)
     except KeyboardInterrupt:

@@ -7,6 +7,7 @@ Each version folder holds
     weights.safetensors    the weights, readable without TensorFlow and without pickle
     model.keras            the Keras model, for evaluation and further training
     training_curve.png     loss / perplexity per epoch (when matplotlib was there to draw it)
+    continuous_cache.json  optional: the continuous cache's settings, added by `nextword tune-cache`
 
 A version is written into a hidden folder beside the others and renamed into place only when
 complete, so a reader never sees a half-written version. This module needs NumPy only.
@@ -20,7 +21,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
 WEIGHTS = "weights.safetensors"
 KERAS_MODEL = "model.keras"
+CONTINUOUS_CACHE = "continuous_cache.json"
 MAX_MANIFEST_BYTES = 1 << 20  # a trained manifest is about 12 KB, its history included
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -209,6 +211,59 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
         handle.write("\n")
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def attach(
+    path: Path,
+    file_name: str,
+    content: bytes,
+    metrics: Mapping[str, Any],
+    retired: Iterable[str] = (),
+) -> None:
+    """Add, or replace, one optional file of a published version (not its weights, tokenizer,
+    Keras model or manifest), with its sha256 and `metrics` in the manifest.
+
+    The manifest says what the version is: a file it does not list is not part of it. Each step
+    below renames a complete file into place, so a reader sees the version before or after, or
+    without the file, never a file its manifest disagrees with: the file is first struck from
+    the manifest with the metric keys `retired` (they described it), then renamed into place,
+    then listed again. The version's other files are verified first and not touched.
+    """
+    core = (MANIFEST, TOKENIZER, WEIGHTS, KERAS_MODEL)
+    if file_name in (*core, "", ".", "..") or "/" in file_name or "\0" in file_name:
+        raise ModelStoreError(f"{file_name!r} cannot be added to a version")
+    manifest = read_manifest(path)
+    now = manifest.get("metrics")
+    gone = set(retired) | set(metrics)
+    kept = {k: v for k, v in now.items() if k not in gone} if isinstance(now, dict) else {}
+    if file_name in manifest["files"]:
+        struck = {k: v for k, v in manifest["files"].items() if k != file_name}
+        _replace_json(path / MANIFEST, {**manifest, "metrics": kept, "files": struck})
+    _replace_file(path / file_name, content)
+    files = {**manifest["files"], file_name: hashlib.sha256(content).hexdigest()}
+    manifest.update(metrics={**kept, **metrics}, files=dict(sorted(files.items())))
+    _replace_json(path / MANIFEST, manifest)
+
+
+def _replace_file(path: Path, content: bytes) -> None:
+    """Write a file beside `path`, then rename it over `path`: never half written."""
+    work = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+    try:
+        with work.open("wb") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        work.chmod(0o644)
+        os.replace(work, path)
+    except BaseException:
+        work.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _replace_json(path: Path, payload: dict[str, Any]) -> None:
+    text = json.dumps(payload, indent=2, sort_keys=False) + "\n"  # as _write_json writes it
+    _replace_file(path, text.encode("utf-8"))
 
 
 def _fsync_dir(path: Path) -> None:

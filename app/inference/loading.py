@@ -2,12 +2,14 @@
 
 Every check that can fail does so here, as a ModelStoreError naming the file and the fix:
 the manifest's format and the sha256 of every file (app.store), the architecture, the
-tokenizer, the arrays' shapes and values, and the vocabulary against the weights; `probe`
-then makes one prediction, whose probabilities must be finite.
+tokenizer, the arrays' shapes and values, the vocabulary against the weights, and the
+continuous cache's settings when the version has them; `probe` then makes one prediction,
+whose probabilities must be finite.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import struct
@@ -16,6 +18,7 @@ from typing import Any
 
 from app import store
 from app.inference.blocklist import Blocklist
+from app.inference.continuous_cache import CacheSettings
 from app.inference.predictor import ModelInfo, Predictor
 from app.inference.weights import Architecture, weights_from_arrays
 from app.store import ModelStoreError
@@ -27,6 +30,8 @@ TOKENIZER_BYTES_PER_WORD = 64
 TOKENIZER_SLACK_BYTES = 64 << 10
 # A safetensors header names each array's type, shape and offsets: a few hundred bytes here.
 MAX_HEADER_BYTES = 1 << 20
+# continuous_cache.json: three settings and what they were tuned on, a few hundred bytes.
+MAX_CACHE_SETTINGS_BYTES = 64 << 10
 
 
 def load_predictor(
@@ -98,8 +103,32 @@ def _read(path: Path, cache_size: int, blocklist: Blocklist | None) -> Predictor
         architecture=dict(manifest["architecture"]),
         metrics=_mapping(manifest.get("metrics")),
         created=str(manifest.get("created") or "") or None,
+        continuous_cache=_continuous_cache(path, manifest["files"]),
     )
     return Predictor(weights, tokenizer, info, cache_size, blocklist)
+
+
+def _continuous_cache(path: Path, files: dict[str, str]) -> CacheSettings | None:
+    """The continuous cache's settings when the manifest lists them (a file it does not list
+    is not part of the version: `store.attach` leaves one there while it replaces it)."""
+    expected = files.get(store.CONTINUOUS_CACHE)
+    if expected is None:
+        return None
+    file = path / store.CONTINUOUS_CACHE
+    store.check_size(file, MAX_CACHE_SETTINGS_BYTES, "continuous cache settings may have")
+    data = file.read_bytes()
+    # read_manifest hashed the file a moment ago; these bytes are the ones parsed.
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise ModelStoreError(
+            f"{file} does not match the sha256 in its manifest (replaced while loading?): "
+            "load the version again"
+        )
+    try:
+        return CacheSettings.from_dict(json.loads(data.decode("utf-8")))
+    except (ValueError, RecursionError) as error:  # ValueError: also bad UTF-8 and JSON
+        raise ModelStoreError(
+            f"{file} cannot be used ({error}): tune it again with `nextword tune-cache`"
+        ) from None
 
 
 def _load_tokenizer(file: Path, vocab: int) -> Tokenizer:
