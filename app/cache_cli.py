@@ -7,6 +7,7 @@ NumPy only: the model is read as the server reads it (app.inference.loading), no
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -23,6 +24,9 @@ if TYPE_CHECKING:  # the predictor and its loading are imported when a command r
 # The metrics a stored setting is measured by; retired with it when it is tuned again.
 VALID_METRIC = "valid_continuous_cache"
 TEST_METRIC = "test_continuous_cache"
+# Chosen on PTB valid split into texts of 1, 2 and 4 sentences (benchmarks/README.md): with
+# none, the cache over one sentence's few pairs made perplexity worse than the model alone.
+DEFAULT_RAMP = 100.0
 
 
 def _numbers(kind: Callable[[str], Any]) -> Callable[[str], tuple[Any, ...]]:
@@ -56,6 +60,13 @@ def add_commands(commands: Any) -> None:
         listed = ",".join(f"{value:g}" for value in default)
         parser.add_argument(flag, type=_numbers(kind), default=default,
                             help=f"{what}, comma-separated (default {listed})")  # fmt: skip
+    parser.add_argument(
+        "--ramp",
+        type=float,
+        default=DEFAULT_RAMP,
+        help="the memory's pairs at which the cache gets half its weight, for short texts "
+        f"(default {DEFAULT_RAMP:g}; a stream's perplexity hardly depends on it)",
+    )
     parser.add_argument("--show", type=int, default=15, help="rows of the table (default 15)")
     parser.add_argument("--dry-run", action="store_true", help="print the table, store nothing")
     serve_cli.add_model_flags(parser)
@@ -100,6 +111,7 @@ def run_tune(args: argparse.Namespace) -> int:
         for t in args.thetas
         for w in args.weights
     ]
+    evaluation.CacheSettings(1, 1.0, 0.0, args.ramp)  # checks the ramp
     if args.show < 0 or not grid:
         raise ValueError("--show must be 0 or more and the grid must not be empty")
     predictor = _load(args)
@@ -119,7 +131,7 @@ def run_tune(args: argparse.Namespace) -> int:
     print(f"{'-':>6} {'-':>6} {0:>6} {tuning.perplexity_without:>10.2f}")
     for point in tuning.table[: args.show]:
         print(f"{point.size:>6} {point.theta:>6g} {point.weight:>6g} {point.perplexity:>10.2f}")
-    best = tuning.best
+    best = dataclasses.replace(tuning.best, ramp=args.ramp)
     measured = {VALID_METRIC: _measure(predictor, valid, best)}
     record = {
         **best.to_dict(),
@@ -195,7 +207,10 @@ def _model(predictor: Predictor) -> str:
 
 
 def _describe(settings: dict[str, Any]) -> str:
-    return f"memory {settings['size']}, theta {settings['theta']:g}, weight {settings['weight']:g}"
+    return (
+        f"memory {settings['size']}, theta {settings['theta']:g}, weight {settings['weight']:g}, "
+        f"ramp {settings.get('ramp', 0):g}"
+    )
 
 
 RUNNERS: dict[str, Callable[[argparse.Namespace], int]] = {"tune-cache": run_tune}

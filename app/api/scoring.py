@@ -49,6 +49,11 @@ class ScoreRequest(BaseModel):
         description="The text to score: at least one word. Read as /predict reads it; a line "
         "break ends a sentence. At most NEXTWORD_MAX_TEXT_CHARS characters (10000 by default).",
     )
+    continuous_cache: bool = Field(
+        default=True,
+        description="Mix in the model's continuous cache over the text before each token, as "
+        "/predict does (when the model has one); false: the model alone.",
+    )
 
 
 class TokenProbability(BaseModel):
@@ -134,7 +139,7 @@ def score_routes(settings: Settings) -> APIRouter:
         deadline = asyncio.timeout(settings.predict_timeout_s)
         try:
             async with deadline:
-                result = await backend.score(body.text)
+                result = await backend.score(body.text, body.continuous_cache)
         except TimeoutError:
             if not deadline.expired():
                 raise  # not ours: a bug, reported as one

@@ -115,8 +115,10 @@ def evaluate(weights: RnnWeights, stream: Stream, settings: CacheSettings) -> Ev
             cache[t - start] = cache_probabilities(
                 states[t : t + 1], memory_states, memory_next_ids, settings.theta, vocab
             )[0]
-        has_memory = np.arange(start, stop) > 0
-        rows = mix(model, cache, settings.weight, has_memory)
+        positions = np.arange(start, stop)
+        has_memory = positions > 0
+        pairs = np.minimum(positions, settings.size).astype(np.float64)[:, None]
+        rows = mix(model, cache, settings.weight_at(pairs), has_memory)
         mixed[start:stop] = rows[np.arange(stop - start), targets[start:stop]]
     return Evaluation(stream.tokens, perplexity(mixed), perplexity(stream.model_probabilities))
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.inference import distribution, engine, phrases
+from app.inference.continuous_cache import CacheSettings
 from app.inference.predictor import FIRST_WORD_ID, PHRASE_BEAM, Predictor
 from app.inference.reading import Memory
 from app.tokenizer import standardise
@@ -91,8 +92,9 @@ def simulate(
                 weights, state[None, :], choices, [None], [memory.now()], cache
             )[0][0]
             typed, taken = _type_word(
-                predictor, state, probabilities, words, ids, position, suggestions, phrase_words
-            )
+                predictor, state, probabilities, words, ids, position, suggestions, phrase_words,
+                (cache, memory.now()),
+            )  # fmt: skip
             for word in words[position : position + taken]:
                 model.full += len(word) + 1
                 baseline.full += len(word) + 1
@@ -150,8 +152,10 @@ def _type_word(
     position: int,
     suggestions: int,
     phrase_words: int,
+    cached: tuple[CacheSettings | None, Memory | None],
 ) -> tuple[int, int]:
-    """(keystrokes pressed, words entered) for the word at `position`."""
+    """(keystrokes pressed, words entered) for the word at `position`; `cached` is the
+    continuous cache to use, and the text's memory."""
     word, target = words[position], ids[position]
     choices = predictor.choices
     if target < FIRST_WORD_ID or choices.blocked[target]:
@@ -167,7 +171,9 @@ def _type_word(
         shown = _best(probabilities, candidates, suggestions)
         completions = completions[~passed[completions]]
         if len(wanted) == phrase_words > 1 and completions.size:
-            phrase, value = _best_phrase(predictor, state, probabilities, completions, phrase_words)
+            phrase, value = _best_phrase(
+                predictor, state, probabilities, completions, phrase_words, cached
+            )
             last = shown[-1]
             if value > probabilities[last] * (len(predictor.tokenizer.vocabulary[last]) - typed):
                 if phrase == wanted:
@@ -185,6 +191,7 @@ def _best_phrase(
     probabilities: np.ndarray,
     candidates: np.ndarray,
     words: int,
+    cached: tuple[CacheSettings | None, Memory | None],
 ) -> tuple[tuple[int, ...], float]:
     """The best phrase beginning with one of `candidates`, and what showing it is worth: its
     probability times the keystrokes of its later words (its first is offered anyway)."""
@@ -193,10 +200,10 @@ def _best_phrase(
         state,
         candidates,
         probabilities[candidates],
-        predictor.choices.offered,
-        predictor.choices.blocked_ids,
+        predictor.choices,
         words,
         PHRASE_BEAM,
+        *cached,
     )
     ids = tuple(beam.ids[0].tolist())
     vocabulary = predictor.tokenizer.vocabulary

@@ -231,9 +231,10 @@ class Backend:
 
     # --- scoring a whole text (POST /score) -------------------------------------------------
 
-    async def score(self, text: str) -> Score:
-        """Each token's probability given the text before it, and the text's perplexity.
-        Raises NoWordToScore when the text reads as no word.
+    async def score(self, text: str, continuous_cache: bool = True) -> Score:
+        """Each token's probability given the text before it, and the text's perplexity (with
+        the model's continuous cache, if it has one and `continuous_cache`). Raises
+        NoWordToScore when the text reads as no word.
 
         The text is read here, on the event loop (the predictor's cache is not thread-safe);
         the recurrent steps and the output layer run in a worker thread, where NumPy's products
@@ -244,8 +245,9 @@ class Backend:
         reading = self.predictor.read(text)
         if len(reading.ids) < 2:
             raise NoWordToScore("the text has no word to score")
+        cache = self.info.continuous_cache if continuous_cache else None
         work = asyncio.ensure_future(
-            asyncio.to_thread(score_reading, self.predictor.weights, reading)
+            asyncio.to_thread(score_reading, self.predictor.weights, reading, cache)
         )
         self.in_flight += 1
         self._scoring += 1

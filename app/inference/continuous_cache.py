@@ -31,6 +31,10 @@ class CacheSettings:
     size: int  # N: the (state, next word) pairs the memory holds, the most recent ones
     theta: float  # θ: how sharply the cache prefers the states closest to the present one
     weight: float  # λ: the cache's share of the mixture; the model keeps 1 - λ
+    # The memory's pairs at which the cache gets half its share: λ n / (n + ramp) for n pairs.
+    # A short text's few pairs are a poor guide (the cache would mostly repeat its last words);
+    # the paper's stream evaluation never sees one.
+    ramp: float = 0.0
 
     def __post_init__(self) -> None:
         # bool is an int to Python; True is not a memory size.
@@ -39,6 +43,10 @@ class CacheSettings:
                 f"continuous cache size must be a whole number >= 1, not {self.size!r}"
             )
         theta, weight = _number("theta", self.theta), _number("weight", self.weight)
+        ramp = _number("ramp", self.ramp)
+        if not ramp >= 0:
+            raise ValueError(f"continuous cache ramp must be 0 or more, not {self.ramp!r}")
+        object.__setattr__(self, "ramp", ramp)
         if not theta > 0:
             raise ValueError(f"continuous cache theta must be above 0, not {self.theta!r}")
         if not 0 <= weight < 1:
@@ -48,18 +56,23 @@ class CacheSettings:
         object.__setattr__(self, "weight", weight)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"size": self.size, "theta": self.theta, "weight": self.weight}
+        return {"size": self.size, "theta": self.theta, "weight": self.weight, "ramp": self.ramp}
+
+    def weight_at(self, pairs: Any) -> Any:
+        """λ for a memory of `pairs` pairs (a number or an array of them)."""
+        return self.weight * pairs / (pairs + self.ramp) if self.ramp else self.weight + 0 * pairs
 
     @classmethod
     def from_dict(cls, payload: Any) -> CacheSettings:
-        """The settings in a mapping with the keys `size`, `theta`, `weight` (others, such as
-        what they were tuned on, are for people and ignored); ValueError if they are unusable."""
+        """The settings in a mapping with the keys `size`, `theta`, `weight` and optionally
+        `ramp` (others, such as what they were tuned on, are for people and ignored);
+        ValueError if they are unusable."""
         if not isinstance(payload, Mapping):
             raise ValueError(f"continuous cache settings must be an object, not {payload!r:.80}")
         missing = [key for key in ("size", "theta", "weight") if key not in payload]
         if missing:
             raise ValueError(f"continuous cache settings lack {', '.join(missing)}")
-        return cls(payload["size"], payload["theta"], payload["weight"])
+        return cls(payload["size"], payload["theta"], payload["weight"], payload.get("ramp", 0.0))
 
 
 def _number(name: str, value: Any) -> float:
@@ -103,13 +116,14 @@ def cache_probabilities(
 def mix(
     model_probabilities: np.ndarray,
     cache_probabilities: np.ndarray,
-    weight: float,
+    weight: float | np.ndarray,
     has_memory: bool | np.ndarray,
 ) -> np.ndarray:
     """(1 - λ) p_model + λ p_cache for the rows with a memory, p_model alone for the others
     (the first word of a text has nothing before it): (batch, vocab) twice -> (batch, vocab).
 
-    `has_memory` is one bool for the batch or one per row (batch,).
+    `has_memory` is one bool for the batch or one per row (batch,); `weight` one λ, or one
+    per row (batch, 1).
     """
     mixed = (1 - weight) * model_probabilities + weight * cache_probabilities
     rows = np.broadcast_to(np.asarray(has_memory, dtype=bool), (len(model_probabilities),))

@@ -46,6 +46,14 @@ def next_words(
     A row's memory is mixed in when `cache` is given and the memory holds a pair.
     """
     scores = engine.logits(weights, states)  # (batch, vocab)
+    mixing = [
+        row
+        for row, memory in enumerate(memories)
+        if cache is not None and memory is not None and len(memory)
+    ]
+    # The model's share of the words not blocked, for the rows that mix: blocked words are
+    # removed from the mixture, not from each of its parts.
+    kept = {row: 1 - _mass(scores[row], choices.blocked_ids) for row in mixing}
     scores[:, choices.blocked_ids] = -np.inf  # removed; the softmax renormalises
     # A completion's probabilities come from its candidates' own scores, taken before the
     # softmax overwrites them: exact even where a whole row's softmax underflows to 0.
@@ -54,13 +62,21 @@ def next_words(
         for row, stem in enumerate(stems)
     ]
     probabilities = engine.softmax(scores, in_place=True)
-    if cache is not None:
-        for row, memory in enumerate(memories):
-            if memory is not None and len(memory):
-                completions[row] = _mix(
-                    probabilities, row, states[row], memory, cache, choices, completions[row]
-                )
+    for row in mixing:
+        memory = memories[row]
+        assert cache is not None and memory is not None
+        completions[row] = _mix(
+            probabilities, row, states[row], memory, cache, choices, completions[row], kept[row]
+        )
     return probabilities, completions
+
+
+def _mass(scores: np.ndarray, ids: np.ndarray) -> float:
+    """The softmax's probability of `ids` in a row of scores (float64)."""
+    top = scores.max()
+    return float(np.exp(scores[ids] - top).sum(dtype=np.float64)) / float(
+        np.exp(scores - top).sum(dtype=np.float64)
+    )
 
 
 def _completion(choices: WordChoices, scores: np.ndarray, stem: str) -> Completion:
@@ -76,29 +92,35 @@ def _mix(
     cache: CacheSettings,
     choices: WordChoices,
     completion: Completion | None,
+    model_kept: float,
 ) -> Completion | None:
-    """Mix the cache into probabilities[row] (in place); the completion, mixed the same way."""
+    """Mix the cache into probabilities[row] (in place), and into the row's completion.
+
+    p = (1 - λ) p_model + λ p_cache over the whole vocabulary, then the blocked words removed
+    and the rest renormalised. probabilities[row] holds p_model without the blocked words
+    (renormalised), `model_kept` the share p_model gave the others.
+    """
     p_cache = cache_probabilities(
         state[None, :], memory.states, memory.next_ids, cache.theta, len(probabilities[row])
     )[0]
+    cache_kept = 1 - float(p_cache[choices.blocked_ids].sum(dtype=np.float64))
     p_cache[choices.blocked_ids] = 0
-    total = float(p_cache.sum(dtype=np.float64))
-    if total <= 0:  # the memory holds blocked words only
+    weight = cache.weight_at(len(memory))
+    model_part, cache_part = (1 - weight) * model_kept, weight
+    whole = model_part + cache_part * cache_kept
+    if whole <= 0:  # nothing but blocked words, in the model and the memory
         return completion
-    p_cache /= total
-    weight = cache.weight
     if completion is not None:
-        # p(w | C) = ((1 - λ) p_model(w) + λ p_cache(w)) / ((1 - λ) p_model(C) + λ p_cache(C)),
-        # with p_model(w) = p_model(C) * the completion's own (exact) probability of w.
-        model_mass = float(probabilities[row, completion.ids].sum(dtype=np.float64))
-        cached = p_cache[completion.ids]
-        cache_mass = float(cached.sum(dtype=np.float64))
-        whole = (1 - weight) * model_mass + weight * cache_mass
-        if whole > 0:
-            mixed = ((1 - weight) * model_mass * completion.probabilities + weight * cached) / whole
+        # p(w | C) = p(w) / p(C) for the words C that begin with the stem; p_model(w) is
+        # p_model(C) times the completion's own (exact) probability of w.
+        model_mass = model_part * float(probabilities[row, completion.ids].sum(dtype=np.float64))
+        cached = cache_part * p_cache[completion.ids]
+        mass = model_mass + float(cached.sum(dtype=np.float64))
+        if mass > 0:
+            mixed = (model_mass * completion.probabilities + cached) / mass
             completion = Completion(completion.ids, mixed.astype(engine.FLOAT))
-    probabilities[row] *= 1 - weight
-    probabilities[row] += weight * p_cache
+    probabilities[row] *= model_part / whole
+    probabilities[row] += (cache_part / whole) * p_cache
     return completion
 
 

@@ -191,10 +191,11 @@ class Predictor:
             state,
             first_ids,
             first_probabilities,
-            self.choices.offered,
-            self.choices.blocked_ids,
+            self.choices,
             query.phrase_words,
             max(query.top_k, PHRASE_BEAM),
+            self.info.continuous_cache if query.continuous_cache else None,
+            reading.memory,
         )
         vocabulary = self.tokenizer.vocabulary
         later = casing if casing in (Casing.ALL, Casing.MODEL) else Casing.AS_IS

@@ -99,6 +99,7 @@ def test_health_ready_and_models(client: TestClient, tiny_model: TinyModel) -> N
                 "architecture": manifest["architecture"],
                 "metrics": manifest["metrics"],
                 "created": manifest["created"],
+                "continuous_cache": None,
             }
         ],
         "refused": [],

@@ -51,7 +51,7 @@ def test_each_token_has_the_probability_predict_gives_it(server: Server) -> None
     assert [item["token"] for item in tokens] == words
     for place, item in enumerate(tokens):
         # A trailing space: the text before the token, no word being typed. Each token here
-        # has a probability above 1/100, so it is among the 100 likeliest words.
+        # is among the 100 likeliest words.
         prefix = " ".join(words[:place]) + " "
         answer = httpx.post(
             server.url + "/predict",
@@ -60,5 +60,5 @@ def test_each_token_has_the_probability_predict_gives_it(server: Server) -> None
         ).json()
         # /predict may capitalise the first word of a sentence.
         offered = {p["word"].lower(): p["probability"] for p in answer["predictions"]}
-        assert item["probability"] > 0.01
+        assert item["token"] in offered, prefix
         assert item["probability"] == pytest.approx(offered[item["token"]], rel=1e-4), prefix

@@ -177,9 +177,9 @@ def test_the_shipped_list_blocks_the_ptb_words_it_names(
         ("the victims of ", 1),
     ]:
         # The model itself would offer them here...
-        assert words_of(ask(unblocked, text, 20, phrase_words)) & blocked, text
+        assert words_of(ask(unblocked, text, 30, phrase_words)) & blocked, text
         # ...the service never does.
-        answer = ask(served, text, 20, phrase_words)
+        answer = ask(served, text, 30, phrase_words)
         assert not words_of(answer) & blocked, (text, answer)
     # Only blocked words begin with "sex": nothing is offered, and that is not an error.
     answer = ask(served, "charges of sex")

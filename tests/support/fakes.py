@@ -41,7 +41,7 @@ class FakeBackend:
                 raise
         return self.answer
 
-    async def score(self, text: str) -> Score:
+    async def score(self, text: str, continuous_cache: bool = True) -> Score:
         """`score_answer` for any text with a non-space character (the real backend asks the
         tokenizer); fails and stalls as predict does."""
         self.scored.append(text)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app.inference.blocklist import Blocklist
 from app.inference.predictor import ModelInfo, Predictor
 from app.inference.weights import Architecture, weights_from_arrays
 from app.tokenizer import PRESETS, Tokenizer
@@ -91,6 +92,7 @@ def random_predictor(
     tied: bool = True,
     seed: int = 0,
     cache_size: int = 4096,
+    blocklist: Blocklist | None = None,
 ) -> Predictor:
     """A Predictor over random weights and the words w2, w3, ... (ids 0 and 1: <unk>, <eos>)."""
     arrays = random_arrays(vocab, embed, hidden, tied, seed)
@@ -98,4 +100,4 @@ def random_predictor(
     words = ["<unk>", "<eos>", *(f"w{i}" for i in range(2, vocab))]
     tokenizer = Tokenizer(PRESETS["raw"], words)
     info = ModelInfo("random", 1, Path("random/1"), vocab, {"type": "simple_rnn"}, {})
-    return Predictor(weights, tokenizer, info, cache_size)
+    return Predictor(weights, tokenizer, info, cache_size, blocklist)

@@ -11,6 +11,7 @@ import pytest
 from support.models import random_predictor
 
 from app.inference import engine
+from app.inference.blocklist import Blocklist
 from app.inference.continuous_cache import CacheSettings
 from app.inference.predictor import Predictor, Query
 from app.inference.reading import ReadingCache
@@ -39,7 +40,8 @@ def expected(predictor: Predictor, words: list[str], settings: CacheSettings) ->
     cache = np.zeros_like(model)
     for weight, (_, next_id) in zip(weights / weights.sum(), pairs, strict=True):
         cache[next_id] += weight
-    return (1 - settings.weight) * model + settings.weight * cache
+    weight = settings.weight * len(pairs) / (len(pairs) + settings.ramp)  # λ n / (n + ramp)
+    return (1 - weight) * model + weight * cache
 
 
 def answer_distribution(predictor: Predictor, text: str, **options: object) -> dict[str, float]:
@@ -47,13 +49,17 @@ def answer_distribution(predictor: Predictor, text: str, **options: object) -> d
     return dict(zip(answer.words, answer.probabilities, strict=True))
 
 
+@pytest.mark.parametrize("ramp", [0.0, 20.0])
 @pytest.mark.parametrize("length", [0, 1, 5, 80])  # 80 words: past the memory's 50 pairs
-def test_predictions_are_the_model_mixed_with_the_cache_over_the_text(length: int) -> None:
-    predictor = with_cache()
+def test_predictions_are_the_model_mixed_with_the_cache_over_the_text(
+    length: int, ramp: float
+) -> None:
+    settings = dataclasses.replace(SETTINGS, ramp=ramp)
+    predictor = with_cache(settings)
     words = random.Random(length).choices(predictor.tokenizer.vocabulary[2:12], k=length)
     text = " ".join(words) + " "
     got = answer_distribution(predictor, text)
-    mixed = expected(predictor, words, SETTINGS)
+    mixed = expected(predictor, words, settings)
     vocabulary = predictor.tokenizer.vocabulary
     for word, probability in got.items():
         # (the first word of a text is written with a capital)
@@ -104,3 +110,33 @@ def test_the_readings_kept_hold_a_bounded_number_of_pairs() -> None:
         predictor.predict(" ".join(vocabulary[2 + n : 12 + n]) + " ")
         assert predictor.cache.pairs <= 4 * ReadingCache.PAIRS_PER_ENTRY
     assert len(predictor.cache) >= 1
+
+
+def test_a_blocked_word_is_removed_from_the_mixture_and_the_rest_renormalised() -> None:
+    settings = CacheSettings(size=50, theta=1.0, weight=0.5)
+    free = with_cache(settings)
+    blocking = random_predictor(vocab=60, blocklist=Blocklist.from_entries(["w52"]))
+    blocking.info = dataclasses.replace(blocking.info, continuous_cache=settings)
+    text = "w50 w51 w52 w50 w51 w52 w50 w51 "  # the cache favours w52, the blocked word
+    unblocked = answer_distribution(free, text)
+    blocked = answer_distribution(blocking, text)
+    assert "w52" not in blocked
+    share = 1 - unblocked["w52"]
+    for word, probability in blocked.items():
+        assert probability == pytest.approx(unblocked[word] / share, rel=1e-4)
+    completing = blocking.predict(text + "w5", top_k=20)
+    whole = {w: p for w, p in unblocked.items() if w.startswith("w5") and w != "w52"}
+    for word, probability in zip(completing.words, completing.probabilities, strict=True):
+        assert probability == pytest.approx(whole[word] / sum(whole.values()), rel=1e-4)
+
+
+def test_a_phrase_has_the_probabilities_its_words_get_one_after_the_other() -> None:
+    predictor = with_cache(CacheSettings(size=50, theta=1.0, weight=0.5))
+    text = "w50 w51 w52 w50 w51 "
+    for phrase in predictor.predict(text, 3, False, 3).phrases:
+        probability, so_far = 1.0, text
+        for word in phrase.words:
+            shown = answer_distribution(predictor, so_far)
+            probability *= shown[word]
+            so_far += word + " "
+        assert phrase.probability == pytest.approx(probability, rel=1e-3)

@@ -15,6 +15,7 @@ from support.models import random_arrays, random_predictor
 
 from app.inference import engine, scoring
 from app.inference.backend import Backend
+from app.inference.continuous_cache import CacheSettings
 from app.inference.predictor import Prediction, Predictor
 from app.inference.reading import Reading
 from app.inference.scoring import NoWordToScore, Score, score_ids, score_reading
@@ -128,10 +129,12 @@ class Gate:
         self.entered = threading.Event()
         self.opened = threading.Event()
 
-    def __call__(self, weights: engine.RnnWeights, reading: Reading) -> Score:
+    def __call__(
+        self, weights: engine.RnnWeights, reading: Reading, cache: CacheSettings | None = None
+    ) -> Score:
         self.entered.set()
         assert self.opened.wait(20), "never opened"
-        return score_reading(weights, reading)
+        return score_reading(weights, reading, cache)
 
 
 def test_a_score_its_caller_gave_up_on_is_in_flight_until_its_thread_ends(
