@@ -33,6 +33,10 @@ MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
 WEIGHTS = "weights.safetensors"
 KERAS_MODEL = "model.keras"
+TRAINING_CURVE = "training_curve.png"
+# Files of a version that only training and evaluation read: a serving copy (the Docker image)
+# may leave them out, and the server neither needs nor hashes them.
+NOT_SERVED = (KERAS_MODEL, TRAINING_CURVE)
 CONTINUOUS_CACHE = "continuous_cache.json"
 MAX_MANIFEST_BYTES = 1 << 20  # a trained manifest is about 12 KB, its history included
 
@@ -274,8 +278,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def read_manifest(path: Path) -> dict[str, Any]:
-    """Read and check a version's manifest and the sha256 of every file it lists."""
+def read_manifest(path: Path, serving: bool = False) -> dict[str, Any]:
+    """Read and check a version's manifest and the sha256 of every file it lists; with
+    `serving`, of every file the server reads (NOT_SERVED may be left out of a copy)."""
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise ModelStoreError(f"{manifest_path} is missing: this is not a complete model version")
@@ -296,6 +301,8 @@ def read_manifest(path: Path) -> dict[str, Any]:
     if not isinstance(files, dict) or WEIGHTS not in files or TOKENIZER not in files:
         raise ModelStoreError(f"{manifest_path} does not list the weights and tokenizer files")
     for file_name, expected in files.items():
+        if serving and file_name in NOT_SERVED:
+            continue
         if not isinstance(expected, str):
             raise ModelStoreError(
                 f"{manifest_path} gives {file_name!r} a sha256 that is not a string "

@@ -58,7 +58,7 @@ def load_predictor(
 
 
 def _read(path: Path, cache_size: int, blocklist: Blocklist | None) -> Predictor:
-    manifest = store.read_manifest(path)  # format and sha256 of every file
+    manifest = store.read_manifest(path, serving=True)  # format, sha256 of each file read
     try:
         architecture = Architecture.from_manifest(manifest.get("architecture"))
     except (ValueError, OverflowError) as error:  # OverflowError: a size of 1e999 (infinity)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
+from support.models import TinyModel
 
 from app import store
+from app.inference.loading import load_predictor
 
 
 def _write_minimal(folder: Path) -> dict[str, Any]:
@@ -104,3 +107,20 @@ def test_promote_refuses_a_corrupt_version(tmp_path: Path) -> None:
     with pytest.raises(store.ModelStoreError, match="sha256"):
         store.promote(source, tmp_path / "serving", "prod")
     assert store.versions(tmp_path / "serving", "prod") == []
+
+
+def test_a_serving_copy_may_leave_out_what_only_training_reads(
+    tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    copy = tmp_path / "store" / tiny_model.name / str(tiny_model.version)
+    shutil.copytree(tiny_model.path, copy)
+    for name in store.NOT_SERVED:
+        (copy / name).unlink(missing_ok=True)
+    predictor = load_predictor(tmp_path / "store", tiny_model.name, tiny_model.version)
+    assert predictor.info.version == tiny_model.version
+    with pytest.raises(store.ModelStoreError, match=r"model\.keras is missing"):
+        store.read_manifest(copy)  # a full check (promote, evaluate) still wants every file
+    weights = copy / store.WEIGHTS
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(store.ModelStoreError, match="does not match the sha256"):
+        load_predictor(tmp_path / "store", tiny_model.name, tiny_model.version)
