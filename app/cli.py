@@ -99,6 +99,12 @@ def _add_evaluate(commands: Any) -> None:
         "--phrase-words", type=int, default=2, help="words in such a phrase (default 2)"
     )
     parser.add_argument("--words", type=int, default=None, help="only the file's first WORDS words")
+    parser.add_argument(
+        "--model-alone",
+        action="store_true",
+        help="with --keystrokes: without the model's continuous cache (used by default, as "
+        "/predict uses it)",
+    )
     from app import cache_cli, serve_cli
 
     cache_cli.add_evaluate_flag(parser)
@@ -159,14 +165,15 @@ def _run_keystrokes(args: argparse.Namespace, settings: Any) -> int:
         settings.model_version,
         blocklist=load_blocklist(settings.blocklist),
     )
-    result = simulate(
-        predictor, lines, args.suggestions, args.words, args.phrase_words if args.phrases else 0
-    )
+    phrase_words = args.phrase_words if args.phrases else 0
+    cache = not args.model_alone
+    result = simulate(predictor, lines, args.suggestions, args.words, phrase_words, cache)
     info = predictor.info
     phrases = f", phrases of {args.phrase_words} words" if args.phrases else ""
+    cached = ", continuous cache" if cache and info.continuous_cache else ", the model alone"
     print(
         f"{info.name} v{info.version} on {args.text_file}: {result.model.words:,} words, "
-        f"{args.suggestions} suggestions{phrases}"
+        f"{args.suggestions} suggestions{phrases}{cached}"
     )
     print(f"keystroke savings {100 * result.model.savings:.1f} %", end="")
     print(f" ({result.model.phrases_taken:,} phrases taken)" if args.phrases else "")
