@@ -51,10 +51,13 @@ def next_words(
         for row, memory in enumerate(memories)
         if cache is not None and memory is not None and len(memory)
     ]
-    # The model's share of the words not blocked, for the rows that mix: blocked words are
-    # removed from the mixture, not from each of its parts.
-    kept = {row: 1 - _mass(scores[row], choices.blocked_ids) for row in mixing}
+    # The rows that mix need the model's share of the words not blocked (blocked words are
+    # removed from the mixture, not from each of its parts): the blocked words' scores, and
+    # the best score's place, whose probability after the softmax is 1 / (its sum of exps).
+    blocked = scores[mixing][:, choices.blocked_ids]  # (mixing, blocked)
     scores[:, choices.blocked_ids] = -np.inf  # removed; the softmax renormalises
+    best = scores[mixing].argmax(axis=1)
+    top = scores[mixing, best]
     # A completion's probabilities come from its candidates' own scores, taken before the
     # softmax overwrites them: exact even where a whole row's softmax underflows to 0.
     completions = [
@@ -62,6 +65,11 @@ def next_words(
         for row, stem in enumerate(stems)
     ]
     probabilities = engine.softmax(scores, in_place=True)
+    # sum exp(blocked - top) / sum exp(others - top): the blocked words' odds, in float64.
+    odds = (
+        np.exp(blocked.astype(np.float64) - top[:, None]).sum(axis=1) * probabilities[mixing, best]
+    )
+    kept = dict(zip(mixing, (1 / (1 + odds)).tolist(), strict=True))
     for row in mixing:
         memory = memories[row]
         assert cache is not None and memory is not None
@@ -69,14 +77,6 @@ def next_words(
             probabilities, row, states[row], memory, cache, choices, completions[row], kept[row]
         )
     return probabilities, completions
-
-
-def _mass(scores: np.ndarray, ids: np.ndarray) -> float:
-    """The softmax's probability of `ids` in a row of scores (float64)."""
-    top = scores.max()
-    return float(np.exp(scores[ids] - top).sum(dtype=np.float64)) / float(
-        np.exp(scores - top).sum(dtype=np.float64)
-    )
 
 
 def _completion(choices: WordChoices, scores: np.ndarray, stem: str) -> Completion:
