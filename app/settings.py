@@ -1,8 +1,9 @@
 """Server settings: one object, read from `NEXTWORD_*` environment variables (or given in code).
 
     NEXTWORD_MODEL_STORE     folder of models, `<store>/<name>/<version>/`   (model_store)
-    NEXTWORD_MODEL_NAME      which model to serve                             (ptb)
-    NEXTWORD_MODEL_VERSION   a version number or `latest`                     (latest)
+    NEXTWORD_MODELS          models to serve, comma-separated      (every model of the store)
+    NEXTWORD_MODEL_NAME      the default model, for a request naming none  (ptb, or the first)
+    NEXTWORD_MODEL_VERSION   the default model's version, or `latest`; the others: latest
     NEXTWORD_HOST            address to listen on                             (127.0.0.1)
     NEXTWORD_PORT            port to listen on                                (8000)
     NEXTWORD_MAX_TEXT_CHARS  longest `text` accepted by POST /predict         (10000)
@@ -29,17 +30,28 @@ starts, with a message naming the variable.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app import store
 from app.inference.blocklist import BlocklistError, read_blocklist
-from app.store import check_name
+from app.store import ModelStoreError, check_name
 
 ENV_PREFIX = "NEXTWORD_"
+DEFAULT_STORE = Path("model_store")
+DEFAULT_MODEL = "ptb"
 # The model process is forked: on by default on Linux only, as macOS's system libraries are not
 # safe to use in a forked child (and Windows has no fork).
 MODEL_PROCESS_BY_DEFAULT = sys.platform.startswith("linux")
@@ -56,9 +68,15 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
 
-    # --- which model ---
-    model_store: Path = Path("model_store")
-    model_name: str = "ptb"
+    # --- which models (see _choose_models for what is served when they are not given) ---
+    model_store: Path = DEFAULT_STORE
+    # The default model: the one a request that names none gets.
+    model_name: str = DEFAULT_MODEL
+    # Served side by side, each with its own manager and model process. NoDecode: the variable
+    # is a comma-separated list, not JSON.
+    models: Annotated[tuple[str, ...], NoDecode] = ()
+    # The default model's; the others serve their latest version (a pin is per model, and one
+    # variable cannot say which).
     model_version: int | Literal["latest"] = "latest"
     # --- where to listen ---
     host: str = Field(default="127.0.0.1", min_length=1)
@@ -113,6 +131,50 @@ class Settings(BaseSettings):
     @classmethod
     def _name_is_one_folder(cls, value: str) -> str:
         return check_name(value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _choose_models(cls, values: Any) -> Any:
+        """NEXTWORD_MODELS and NEXTWORD_MODEL_NAME when not given, which depend on each other
+        and on the store's folders (no field default can): the models are every model of the
+        store with a version, and the default model even if it has none (its load then says
+        why, as for a server of one model); the default model is `ptb` when served, else the
+        first served. Raw values: the field validators check them after."""
+        if not isinstance(values, dict):
+            return values
+        listed, name = _split_names(values.get("models")), values.get("model_name")
+        if listed is None:
+            return values  # not a list: the field validator says so
+        if listed:
+            chosen = name if name is not None else _default_among(listed)
+            return {**values, "models": listed, "model_name": chosen}
+        folder = values.get("model_store", DEFAULT_STORE)
+        found = _models_in(Path(folder)) if isinstance(folder, str | os.PathLike) else []
+        chosen = name if name is not None else _default_among(found)
+        served = found if chosen in found else [chosen, *found]
+        return {**values, "models": served, "model_name": chosen}
+
+    @field_validator("models")
+    @classmethod
+    def _models_are_in_the_store(
+        cls, value: tuple[str, ...], info: ValidationInfo
+    ) -> tuple[str, ...]:
+        names = tuple(dict.fromkeys(check_name(name) for name in value))  # repeats once
+        if "model_store" not in info.data or "model_name" not in info.data:
+            return names  # refused already
+        folder, default = info.data["model_store"], info.data["model_name"]
+        if default not in names:
+            raise ValueError(
+                f"does not list the default model {default!r} (NEXTWORD_MODEL_NAME): add it, "
+                f"or set NEXTWORD_MODEL_NAME to one of {', '.join(names)}"
+            )
+        # The default model is looked for when it loads, with the message a server of one model
+        # gives (how to train it); another one missing is a mistake in this list.
+        for name in names:
+            if name != default and not (folder / name).is_dir():
+                found = ", ".join(_models_in(folder)) or "none"
+                raise ValueError(f"no model {name!r} in {folder} (it has: {found})")
+        return names
 
     @field_validator("model_version", mode="before")
     @classmethod
@@ -178,6 +240,12 @@ class Settings(BaseSettings):
     def _lower_case_level(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
 
+    def for_model(self, name: str) -> Settings:
+        """The settings of one served model's manager: `model_name` is that model, and
+        `model_version` NEXTWORD_MODEL_VERSION for the default model, `latest` for the others."""
+        version = self.model_version if name == self.model_name else "latest"
+        return self.model_copy(update={"model_name": name, "model_version": version})
+
 
 def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment, then `overrides` (None means 'not given').
@@ -194,9 +262,50 @@ def load_settings(**overrides: Any) -> Settings:
 def describe_validation_error(error: ValidationError) -> str:
     problems = []
     for item in error.errors():
-        field = ".".join(str(part) for part in item["loc"]) or "settings"
+        field = ".".join(str(part) for part in item["loc"])
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] != "value_error":  # our own validators already quote the value
             message += f", not {item['input']!r}"
-        problems.append(f"{ENV_PREFIX}{field.upper()} ({field}): {message}")
+        # A check of several settings at once has no field: its message names the variables.
+        problems.append(f"{ENV_PREFIX}{field.upper()} ({field}): {message}" if field else message)
     return "; ".join(problems)
+
+
+def _split_names(value: Any) -> list[str] | None:
+    """NEXTWORD_MODELS as a list ([] when not given or blank); None when not a list at all."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [name.strip() for name in value.split(",") if name.strip()]
+    return list(value) if isinstance(value, list | tuple) else None
+
+
+def _default_among(names: list[str]) -> str:
+    # A name that is not one is refused in NEXTWORD_MODELS alone, not as the default too.
+    valid = [name for name in names if isinstance(name, str) and _is_name(name)]
+    return DEFAULT_MODEL if DEFAULT_MODEL in valid or not valid else valid[0]
+
+
+def _is_name(name: str) -> bool:
+    try:
+        check_name(name)
+    except ModelStoreError:
+        return False
+    return True
+
+
+def _models_in(folder: Path) -> list[str]:
+    """The store's models that have a version, sorted (a model being trained for the first time
+    has none yet: it is served once the server is restarted)."""
+    try:
+        entries = sorted(entry.name for entry in folder.iterdir() if entry.is_dir())
+    except OSError:
+        return []  # no store: the default model's load says so
+    found = []
+    for name in (entry for entry in entries if _is_name(entry)):  # not `.tmp-*`, `a b`...
+        try:
+            if store.versions(folder, name):
+                found.append(name)
+        except ModelStoreError:  # a folder the server may not list: its load says why
+            found.append(name)
+    return found

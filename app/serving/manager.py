@@ -40,6 +40,7 @@ from app.inference.blocklist import BlocklistError, load_blocklist
 from app.inference.loading import load_predictor, probe
 from app.inference.predictor import Predictor
 from app.serving.memory import collect_garbage, forget_frames, release_large_frees_to_the_os
+from app.serving.process_hold import ProcessHold
 from app.settings import Settings
 from app.store import ModelStoreError
 
@@ -103,10 +104,14 @@ class ModelManager:
     old ones.
 
     All methods run on the event loop (one thread); blocking file and model work goes to
-    worker threads. `current` is a plain attribute, read on every request.
+    worker threads. `current` is a plain attribute, read on every request. `settings` name the
+    one model it serves (model_name, model_version); `hold` is shared by the managers of one
+    server (see app.serving.process_hold).
     """
 
-    def __init__(self, settings: Settings, load: Loader = load_version) -> None:
+    def __init__(
+        self, settings: Settings, load: Loader = load_version, hold: ProcessHold | None = None
+    ) -> None:
         self.settings = settings
         self.current: Backend | None = None
         self._fingerprint = ""  # of the folder `current` was loaded from
@@ -116,6 +121,8 @@ class ModelManager:
         self._retiring: set[asyncio.Task[None]] = set()
         self._poller: asyncio.Task[None] | None = None
         self._unrecognised: set[str] = set()  # names in the model's folder already reported
+        self._hold = hold or ProcessHold()
+        self._hold.join(self)
 
     def refusals(self) -> list[Refusal]:
         """Refused versions, most recent first."""
@@ -129,15 +136,19 @@ class ModelManager:
         # One BLAS thread: concurrency comes from the requests, and a second thread on these
         # small products only contends with the event loop and the model process for the cores.
         threadpool_limits(1, user_api="blas")
-        number, path = await to_thread.run_sync(self._resolve, None)
-        self._fingerprint = await to_thread.run_sync(fingerprint, path)
-        self.current = await self._load_checked(number)
+        try:
+            async with self._reloading:  # busy: the other models of the server do not fork
+                self._hold.hold()
+                number, path = await to_thread.run_sync(self._resolve, None)
+                self._fingerprint = await to_thread.run_sync(fingerprint, path)
+                self.current = await self._load_checked(number)
+        finally:
+            self._hold.release_if_quiet()
         info = self.current.info
         logger.info(
             "serving model %s v%d from %s (vocabulary %d)",
             info.name, info.version, info.path, info.vocabulary_size,
         )  # fmt: skip
-        self._release_if_alone()
         if self.settings.reload_interval_s > 0:
             self._poller = asyncio.create_task(self._poll(self.settings.reload_interval_s))
 
@@ -173,11 +184,10 @@ class ModelManager:
             async with self._reloading:
                 return await self._reload(version, force)
         finally:
-            self._release_if_alone()
+            self._hold.release_if_quiet()
 
     async def _reload(self, version: int | None, force: bool) -> ReloadOutcome:
-        if self.current is not None:
-            self.current.hold_process(True)  # another model may soon be in memory beside it
+        self._hold.hold()  # another version may soon be in memory beside the models served
         try:
             number, path = await to_thread.run_sync(self._resolve, version)
         except ModelStoreError as error:  # no such version, or a path out of the store
@@ -249,7 +259,7 @@ class ModelManager:
             max_wait_s=settings.batch_max_wait_ms / 1000,
             model_process=settings.model_process,
         )
-        backend.hold_process(True)  # until it is the only model in memory (_release_if_alone)
+        backend.hold_process(True)  # until no other version is coming or going (ProcessHold)
         return backend
 
     def _refuse(self, number: int | None, print_: str, reason: str) -> ReloadOutcome:
@@ -279,14 +289,12 @@ class ModelManager:
             logger.exception("closing model v%d failed", old.info.version)
         del old
         await collect_garbage()
-        self._release_if_alone()
+        self._hold.release_if_quiet()
 
-    def _release_if_alone(self) -> None:
-        """Let the current model fork its model process once no other model is in memory (no
-        load under way, none being retired: see Backend.hold_process)."""
+    def busy(self) -> bool:
+        """Whether a version is being loaded or retired (the calling task's own retirement,
+        which is ending, aside): no model of the server may fork its model process meanwhile."""
         me = asyncio.current_task()
-        busy = self._reloading.locked() or any(
+        return self._reloading.locked() or any(
             not task.done() and task is not me for task in self._retiring
         )
-        if not busy and self.current is not None:
-            self.current.hold_process(False)
