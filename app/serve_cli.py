@@ -32,6 +32,11 @@ def add_commands(commands: Any) -> None:
         "environment variables; these flags override them.",
     )
     add_model_flags(serve)
+    serve.add_argument(
+        "--models",
+        help="models to serve side by side, comma-separated; --name is the default one "
+        "(NEXTWORD_MODELS; every model in the store)",
+    )
     serve.add_argument("--host", help="address to listen on (NEXTWORD_HOST, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (NEXTWORD_PORT, 8000)")
     serve.add_argument("--log-level", help="critical|error|warning|info|debug (NEXTWORD_LOG_LEVEL)")
@@ -52,7 +57,9 @@ def add_commands(commands: Any) -> None:
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", type=Path, help="model store folder (NEXTWORD_MODEL_STORE)")
     parser.add_argument("--name", help="model name (NEXTWORD_MODEL_NAME, ptb)")
-    parser.add_argument("--version", help="a number or 'latest' (NEXTWORD_MODEL_VERSION)")
+    parser.add_argument(
+        "--version", help="a number or 'latest', of --name's model (NEXTWORD_MODEL_VERSION)"
+    )
 
 
 def model_settings(args: argparse.Namespace, **more: Any) -> Settings:
@@ -62,7 +69,9 @@ def model_settings(args: argparse.Namespace, **more: Any) -> Settings:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    settings = model_settings(args, host=args.host, port=args.port, log_level=args.log_level)
+    settings = model_settings(
+        args, models=args.models, host=args.host, port=args.port, log_level=args.log_level
+    )
     import uvicorn
 
     from app.api.app import create_app

@@ -1,10 +1,11 @@
 """The FastAPI application: `create_app(settings)`.
 
-The model is loaded by the lifespan when the server starts (never at import), held by a
-`ModelManager` that swaps in new versions as they are published, and handed to each request
-as its backend (`app.api.routes.get_backend`). A model that cannot be loaded stops the
-start-up with a one-line message naming the file and the fix. Run it with `nextword serve`, or
-with `uvicorn --factory app.api.app:create_app`.
+The models are loaded by the lifespan when the server starts (never at import), each held by a
+`ModelManager` that swaps in new versions as they are published, all of them in a
+`ModelRegistry` handed to each request (`app.api.routes.get_models`), which picks the model the
+body names. A model that cannot be loaded stops the start-up with a one-line message naming the
+file and the fix. Run it with `nextword serve`, or with `uvicorn --factory
+app.api.app:create_app`.
 
 Requests pass through, outermost first:
 
@@ -46,7 +47,7 @@ from app.api.middleware import (
 from app.api.routes import model_routes, probes
 from app.api.scoring import score_routes
 from app.api.security import require_admin_key, require_api_key
-from app.serving.manager import ModelManager
+from app.serving.registry import ModelRegistry
 from app.settings import Settings, load_settings
 
 logger = logging.getLogger("nextword")
@@ -71,9 +72,9 @@ def _package_version() -> str:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    manager = ModelManager(app.state.settings)
-    await manager.start()  # loads and checks the model; raises ModelStoreError if it cannot
-    app.state.models = manager
+    models = ModelRegistry(app.state.settings)
+    await models.start()  # loads and checks each model; raises ModelStoreError if one cannot
+    app.state.models = models
     # Everything made so far (the app, its libraries, the model) lives as long as the server:
     # the cyclic garbage collector need not walk it again: its full passes over everything
     # loaded would otherwise stall the event loop under load.
@@ -83,7 +84,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         # The server has finished the requests in flight by now (graceful shutdown).
         app.state.models = None  # /ready answers 503 while shutting down
-        await manager.aclose()
+        await models.aclose()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -149,15 +150,24 @@ def include_first(app: FastAPI, router: APIRouter, **options: Any) -> None:
 
 def _openapi_with_limits(app: FastAPI, settings: Settings) -> Callable[[], dict[str, Any]]:
     """The OpenAPI document, with the text limit this server enforces rather than the ceiling
-    the request model allows (FastAPI's way to extend the document: replace `app.openapi`)."""
+    the request model allows, and the names of the models it serves as the values `model` may
+    take (FastAPI's way to extend the document: replace `app.openapi`)."""
     build = app.openapi
+    served = {"type": "string", "enum": list(settings.models)}
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = build()  # builds and caches app.openapi_schema
             for request in ("PredictRequest", "ScoreRequest"):
-                text = schema["components"]["schemas"][request]["properties"]["text"]
-                text["maxLength"] = settings.max_text_chars
+                fields = schema["components"]["schemas"][request]["properties"]
+                fields["text"]["maxLength"] = settings.max_text_chars
+                fields["model"].update(
+                    anyOf=[served, {"type": "null"}], examples=[settings.model_name]
+                )
+            reload = schema["paths"].get("/admin/reload", {}).get("post", {})
+            for parameter in reload.get("parameters", []):
+                if parameter["name"] == "model":
+                    parameter["schema"]["anyOf"] = [served, {"type": "null"}]
         return app.openapi_schema or {}
 
     return openapi

@@ -9,6 +9,7 @@ All error bodies have one shape, `ErrorResponse`:
     a number too long to read          422 invalid_request  e.g. top_k of 5,000 digits
     TextTooLong                        422 invalid_request  text over NEXTWORD_MAX_TEXT_CHARS
     TextHasNoWord                      422 invalid_request  POST /score: no word to score
+    UnknownModel (app.serving)         422 invalid_request  `model` names no served model
     (BodyLimits middleware)            415 unsupported_media_type, 413 payload_too_large,
                                        431 request_header_fields_too_large
     (BodyDeadline middleware)          408 request_timeout      the body came too slowly;
@@ -33,6 +34,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.serving.registry import UnknownModel
 
 
 class FieldError(BaseModel):
@@ -152,6 +155,14 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
         return _invalid_request(_validation_fields(error))
+
+    @app.exception_handler(UnknownModel)
+    async def on_unknown_model(request: Request, error: UnknownModel) -> JSONResponse:
+        # The body's `model` (/predict, /score) or the query's (/admin/reload): one field name.
+        reason = f"no model {error.name!r} is served here; the models served are " + ", ".join(
+            error.served
+        )
+        return _invalid_request([FieldError(field="model", message=reason, type="unknown_model")])
 
     @app.exception_handler(ApiError)
     async def on_api_error(request: Request, error: ApiError) -> JSONResponse:

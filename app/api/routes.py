@@ -4,7 +4,8 @@ Each route validates, calls one object, and shapes the answer. `/predict` and `/
 `model_routes(settings)` (behind NEXTWORD_API_KEY when it is set); `probes` holds /health and
 /ready, which stay open for load balancers and orchestrators.
 
-    POST /predict   body ─ PredictRequest ─> Query ─> backend.predict ─> Prediction ─> JSON
+    POST /predict   body ─ PredictRequest ─> the backend of body.model (default: the default
+                    model) ─> Query ─> backend.predict ─> Prediction ─> JSON
 """
 
 from __future__ import annotations
@@ -15,18 +16,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 
 from app.api.errors import ModelNotReady, PredictionTimedOut, TextTooLong, documented
-from app.api.schemas import (
-    ModelRef,
-    ModelsResponse,
-    PredictRequest,
-    PredictResponse,
-    ReadyResponse,
-    Status,
-    predict_body,
-)
+from app.api.model_schemas import ModelsResponse, ReadyResponse
+from app.api.schemas import PredictRequest, PredictResponse, Status, predict_body
 from app.inference.backend import Backend
 from app.inference.predictor import Query
-from app.serving.manager import ModelManager
+from app.serving.registry import ModelRegistry
 from app.settings import Settings
 
 # --- dependencies -------------------------------------------------------------------------------
@@ -39,27 +33,29 @@ async def get_settings(request: Request) -> Settings:
     return settings
 
 
-async def get_models(request: Request) -> ModelManager:
-    """The model manager, once a model is being served (else a 503)."""
-    manager: ModelManager | None = request.app.state.models
-    if manager is None or manager.current is None:
-        raise ModelNotReady("the model is not loaded yet (or any more); try again shortly")
-    return manager
+NOT_READY = "the model is not loaded yet (or any more); try again shortly"
 
 
-async def get_backend(request: Request) -> Backend:
-    """The backend of the model served now. A request keeps it to the end, even if another
+async def get_models(request: Request) -> ModelRegistry:
+    """The served models, once they are loaded (else a 503)."""
+    models: ModelRegistry | None = request.app.state.models
+    if models is None:
+        raise ModelNotReady(NOT_READY)
+    return models
+
+
+def backend_of(models: ModelRegistry, name: str | None) -> Backend:
+    """The backend serving model `name` now (None: the default model); a 422 naming the field
+    `model` if it is not served. A request keeps this backend to the end, even if another
     version is swapped in meanwhile: the old one is closed once its last request has ended."""
-    manager: ModelManager | None = request.app.state.models
-    backend = manager.current if manager is not None else None
-    if backend is None:
-        raise ModelNotReady("the model is not loaded yet (or any more); try again shortly")
+    backend = models.backend(name)
+    if backend is None:  # the server is stopping
+        raise ModelNotReady(NOT_READY)
     return backend
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-ModelsDep = Annotated[ModelManager, Depends(get_models)]
-BackendDep = Annotated[Backend, Depends(get_backend)]
+ModelsDep = Annotated[ModelRegistry, Depends(get_models)]
 
 # --- routes -------------------------------------------------------------------------------------
 
@@ -68,8 +64,9 @@ probes = APIRouter(tags=["operations"])
 
 def model_routes(settings: Settings) -> APIRouter:
     """/predict and /models. /predict's limits come from `settings` when the app is made, so
-    that its one dependency is the backend: FastAPI solves dependencies in Python on every
-    request, and each costs about as much as the rest of the route."""
+    that its one dependency is the served models (the body names which one): FastAPI solves
+    dependencies in Python on every request, and each costs about as much as the rest of the
+    route."""
     router = APIRouter()
 
     @router.post(
@@ -79,7 +76,7 @@ def model_routes(settings: Settings) -> APIRouter:
         response_model=PredictResponse,  # what the body is; predict_body writes it
         responses=documented(400, 408, 413, 415, 422, 431, 503, 504),
     )
-    async def predict(body: PredictRequest, backend: BackendDep) -> Response:
+    async def predict(body: PredictRequest, models: ModelsDep) -> Response:
         """The most likely next words after `text`, or completions of the word being typed at
         its end, with the model's probabilities; with `phrase_words`, phrases too.
 
@@ -89,6 +86,7 @@ def model_routes(settings: Settings) -> APIRouter:
         """
         if len(body.text) > settings.max_text_chars:
             raise TextTooLong(len(body.text), settings.max_text_chars)
+        backend = backend_of(models, body.model)
         query = Query(
             body.text,
             body.top_k,
@@ -114,7 +112,7 @@ def model_routes(settings: Settings) -> APIRouter:
 
     router.get(
         "/models",
-        summary="The model being served (sizes, architecture, metrics) and the versions refused",
+        summary="The models being served (sizes, architecture, metrics) and the versions refused",
         tags=["models"],
         responses=documented(503),
     )(models)
@@ -122,7 +120,10 @@ def model_routes(settings: Settings) -> APIRouter:
 
 
 async def models(models: ModelsDep, settings: SettingsDep) -> ModelsResponse:
-    return ModelsResponse.of(models, settings.model_store)
+    served = models.backends()
+    if served is None:
+        raise ModelNotReady(NOT_READY)
+    return ModelsResponse.of(served, models.default, models.refusals(), settings.model_store)
 
 
 @probes.get("/health", summary="The process is alive")
@@ -132,10 +133,11 @@ async def health(request: Request) -> Status:
 
 @probes.get(
     "/ready",
-    summary="The model is loaded and requests are answered",
+    summary="Every model is loaded and requests are answered",
     responses=documented(503),
 )
-async def ready(backend: BackendDep) -> ReadyResponse:
-    return ReadyResponse(
-        status="ready", model=ModelRef(name=backend.info.name, version=backend.info.version)
-    )
+async def ready(models: ModelsDep) -> ReadyResponse:
+    served = models.backends()
+    if served is None:
+        raise ModelNotReady(NOT_READY)
+    return ReadyResponse.of(served, models.default)

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import to_json
 
 from app.inference.predictor import ModelInfo, Prediction
-from app.serving.manager import ModelManager, Refusal, ReloadOutcome
 
 # Hard ceiling for the schema; the server's own limit (NEXTWORD_MAX_TEXT_CHARS, lower by
 # default) is checked in the route, since a schema cannot read settings.
@@ -23,17 +20,33 @@ MAX_PHRASE_TOP_K = 20
 MAX_EXCLUDED = 64
 
 
+def model_field() -> Any:
+    """/predict's and /score's `model`. A name is at most 64 characters (app.store.check_name):
+    a longer one is refused before it is looked up or quoted back in an error."""
+    return Field(
+        default=None,
+        max_length=64,
+        description="Which served model answers (GET /models lists them); absent or null: "
+        "the server's default model (NEXTWORD_MODEL_NAME).",
+        examples=["ptb"],
+    )
+
+
 class PredictRequest(BaseModel):
     # strict: "5" is not a number and 1 is not true; extra fields are refused, not ignored.
     model_config = ConfigDict(
         extra="forbid",
         strict=True,
         json_schema_extra={
+            # With phrases, top_k is bounded lower (_phrases_bounded): said here too, so that
+            # a client generated from the document knows it.
+            "if": {"properties": {"phrase_words": {"minimum": 2}}, "required": ["phrase_words"]},
+            "then": {"properties": {"top_k": {"maximum": MAX_PHRASE_TOP_K}}},
             "examples": [
                 {"text": "the company said it expects ", "top_k": 5},
                 {"text": "the company said it expects to report a loss for the third q"},
                 {"text": "the company said it expects ", "top_k": 3, "phrase_words": 3},
-            ]
+            ],
         },
     )
 
@@ -71,6 +84,7 @@ class PredictRequest(BaseModel):
         "one: /models shows its settings): words of the text that followed states like the "
         "present one gain probability. false: the model alone.",
     )
+    model: str | None = model_field()
 
     @field_validator("top_k", mode="before")
     @classmethod
@@ -201,93 +215,3 @@ class Status(BaseModel):
     in_flight: int = Field(
         examples=[3], description="Requests being answered now (the probes not counted)"
     )
-
-
-class ModelDescription(BaseModel):
-    name: str
-    version: int
-    vocabulary_size: int
-    architecture: dict[str, Any] = Field(
-        description="From the manifest: type, vocab_size, embedding_dim, hidden_units, dropout, "
-        "tied, init_scale"
-    )
-    metrics: dict[str, Any] = Field(
-        description="From the manifest: perplexity and top-k accuracy per split"
-    )
-    created: str | None = None
-    continuous_cache: dict[str, Any] | None = Field(
-        default=None,
-        description="The continuous cache /predict mixes in (size: the memory's pairs, theta, "
-        "weight: its share); null when the model has none",
-        examples=[{"size": 2000, "theta": 0.2, "weight": 0.15}],
-    )
-
-    @classmethod
-    def of(cls, info: ModelInfo) -> ModelDescription:
-        cache = info.continuous_cache
-        return cls(
-            name=info.name,
-            version=info.version,
-            vocabulary_size=info.vocabulary_size,
-            architecture=info.architecture,
-            metrics=info.metrics,
-            created=info.created,
-            continuous_cache=cache.to_dict() if cache is not None else None,
-        )
-
-
-class ReadyResponse(BaseModel):
-    status: str = Field(examples=["ready"])
-    model: ModelRef
-
-
-class RefusedVersion(BaseModel):
-    version: int | None = Field(description="None when no version could be chosen at all")
-    reason: str = Field(description="Why it is not served (paths shown inside the store)")
-    refused_at: datetime
-
-    @classmethod
-    def of(cls, refusal: Refusal, store: Path) -> RefusedVersion:
-        return cls(
-            version=refusal.version,
-            reason=inside_store(refusal.reason, store),
-            refused_at=datetime.fromtimestamp(refusal.at, UTC),
-        )
-
-
-class ModelsResponse(BaseModel):
-    models: list[ModelDescription] = Field(description="The version being served")
-    refused: list[RefusedVersion] = Field(
-        default_factory=list,
-        description="Versions that failed their checks, most recent first; a refused version "
-        "is tried again when its folder changes",
-    )
-
-    @classmethod
-    def of(cls, manager: ModelManager, store: Path) -> ModelsResponse:
-        served = manager.current
-        return cls(
-            models=[ModelDescription.of(served.info)] if served else [],
-            refused=[RefusedVersion.of(refusal, store) for refusal in manager.refusals()],
-        )
-
-
-def inside_store(reason: str, store: Path) -> str:
-    # The server's own folders are not the client's business: show paths from the store down.
-    # (Messages name resolved paths: app.store.version_dir resolves them.)
-    root = store.resolve()
-    return reason if root == root.parent else reason.replace(f"{root}/", "")
-
-
-class ReloadResponse(BaseModel):
-    status: Literal["loaded", "unchanged"] = Field(
-        description="`loaded`: the version is now served; `unchanged`: it already was"
-    )
-    model: ModelRef
-
-    @classmethod
-    def of(cls, outcome: ReloadOutcome, info: ModelInfo) -> ReloadResponse:
-        status: Literal["loaded", "unchanged"] = (
-            "loaded" if outcome.status == "loaded" else "unchanged"
-        )
-        return cls(status=status, model=ModelRef(name=info.name, version=info.version))

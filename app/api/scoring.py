@@ -1,6 +1,6 @@
 """POST /score: how likely the model finds a whole text.
 
-    body ─ ScoreRequest ─> backend.score(text) ─> Score ─> JSON (ScoreResponse)
+    body ─ ScoreRequest ─> the backend of body.model ─> backend.score(text) ─> Score ─> JSON
 
 The text is read exactly as /predict reads it (<eos> first, unknown words as <unk>, a line
 break as <eos>); each token after that first <eos> is scored given everything before it, and
@@ -20,8 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import to_json
 
 from app.api.errors import PredictionTimedOut, TextHasNoWord, TextTooLong, documented
-from app.api.routes import BackendDep
-from app.api.schemas import TEXT_CEILING, ModelRef
+from app.api.routes import ModelsDep, backend_of
+from app.api.schemas import TEXT_CEILING, ModelRef, model_field
 from app.inference.predictor import ModelInfo
 from app.inference.scoring import NoWordToScore, Score
 from app.settings import Settings
@@ -54,6 +54,7 @@ class ScoreRequest(BaseModel):
         description="Mix in the model's continuous cache over the text before each token, as "
         "/predict does (when the model has one); false: the model alone.",
     )
+    model: str | None = model_field()
 
 
 class TokenProbability(BaseModel):
@@ -126,7 +127,7 @@ def score_routes(settings: Settings) -> APIRouter:
         response_model=ScoreResponse,  # what the body is; score_body writes it
         responses=documented(400, 408, 413, 415, 422, 431, 503, 504),
     )
-    async def score(body: ScoreRequest, backend: BackendDep) -> Response:
+    async def score(body: ScoreRequest, models: ModelsDep) -> Response:
         """How likely the model finds `text`: each token's probability given all before it,
         from the start of a sentence, and the perplexity over them.
 
@@ -134,6 +135,7 @@ def score_routes(settings: Settings) -> APIRouter:
         """
         if len(body.text) > settings.max_text_chars:
             raise TextTooLong(len(body.text), settings.max_text_chars)
+        backend = backend_of(models, body.model)
         # At the deadline the answer is a 504 at once; the computation, in a worker thread,
         # finishes on its own (it cannot be stopped half-way).
         deadline = asyncio.timeout(settings.predict_timeout_s)

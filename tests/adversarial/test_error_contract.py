@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from starlette.types import Message
-from support.fakes import FakeBackend
+from support.fakes import FakeBackend, FakeModels
 
 from app.api.app import create_app
 from app.api.deadlines import BodyDeadline
 from app.api.errors import documented
-from app.api.routes import get_backend
+from app.api.routes import get_models
 from app.settings import Settings
 
 JSON = {"content-type": "application/json"}
@@ -29,7 +29,7 @@ def backend() -> FakeBackend:
 
 def _app(backend: FakeBackend, tmp_path: Path, **settings: Any) -> Any:
     app = create_app(Settings(model_store=tmp_path / "no-store", **settings))
-    app.dependency_overrides[get_backend] = lambda: backend
+    app.dependency_overrides[get_models] = lambda: FakeModels(backend)
     return app
 
 

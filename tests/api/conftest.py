@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from support.fakes import FakeBackend
+from support.fakes import FakeBackend, FakeModels
 from support.models import TinyModel
 
 from app import store
 from app.api.app import create_app
-from app.api.routes import get_backend
+from app.api.routes import get_models
 from app.settings import Settings
 from app.tokenizer import Tokenizer
 
@@ -62,7 +62,7 @@ def fake_client_for(fake_backend: FakeBackend, tmp_path: Path) -> FakeClientFor:
 
     def make(**settings: Any) -> TestClient:
         app = create_app(Settings(model_store=tmp_path / "no-store", **settings))
-        app.dependency_overrides[get_backend] = lambda: fake_backend
+        app.dependency_overrides[get_models] = lambda: FakeModels(fake_backend)
         return TestClient(app, raise_server_exceptions=False)
 
     return make

@@ -88,6 +88,7 @@ def test_health_ready_and_models(client: TestClient, tiny_model: TinyModel) -> N
     assert client.get("/ready").json() == {
         "status": "ready",
         "model": {"name": "tiny", "version": tiny_model.version},
+        "models": [{"name": "tiny", "version": tiny_model.version}],
     }
     manifest = json.loads((tiny_model.path / store.MANIFEST).read_text())
     assert client.get("/models").json() == {
@@ -102,6 +103,7 @@ def test_health_ready_and_models(client: TestClient, tiny_model: TinyModel) -> N
                 "continuous_cache": None,
             }
         ],
+        "default": "tiny",
         "refused": [],
     }
 
@@ -205,6 +207,7 @@ def test_route_hands_the_request_to_the_backend(
     assert fake_client.get("/ready").json() == {
         "status": "ready",
         "model": {"name": "fake", "version": 7},
+        "models": [{"name": "fake", "version": 7}],
     }
 
 

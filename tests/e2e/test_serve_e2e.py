@@ -4,6 +4,7 @@ TensorFlow anywhere on the serving path."""
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -97,6 +98,34 @@ def test_serve_without_a_model_exits_with_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     assert "cannot serve: no versions of model 'ptb'" in errors[0]
     assert "nextword train" in errors[0]  # ... and how to fix it
+
+
+def test_serve_answers_for_two_models(tiny_model: TinyModel, tmp_path: Path) -> None:
+    store_dir = tmp_path / "store"
+    for name in ("tiny", "twin"):
+        shutil.copytree(tiny_model.path, store_dir / name / "1")
+    model = TinyModel(store_dir, "tiny", 1)
+    with serving(model, tmp_path, more=["--models", "twin,tiny"]) as server:
+        ready = httpx.get(server.url + "/ready", timeout=5).json()
+        assert ready["model"] == {"name": "tiny", "version": 1}  # --name: the default
+        assert ready["models"] == [{"name": "twin", "version": 1}, {"name": "tiny", "version": 1}]
+        for name in ("twin", "tiny"):
+            body = {"text": "our neighbour watches ", "model": name}
+            answer = httpx.post(server.url + "/predict", json=body, timeout=5).json()
+            assert answer["model"] == {"name": name, "version": 1}
+    assert "serving 2 models, tiny by default" in server.output()
+
+
+def test_serve_refuses_a_model_missing_from_the_store_in_one_line(
+    tiny_model: TinyModel, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("NEXTWORD_MODELS", "tiny,wikitext2")
+    assert main(["serve", "--store", str(tiny_model.store), "--name", "tiny"]) == 2
+    error = capsys.readouterr().err
+    assert error == (
+        f"nextword: error: NEXTWORD_MODELS (models): no model 'wikitext2' in {tiny_model.store} "
+        "(it has: tiny)\n"
+    )
 
 
 def test_serve_refuses_a_bad_setting_in_one_line(

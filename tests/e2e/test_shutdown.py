@@ -18,11 +18,12 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from support.fakes import FakeModels
 from support.models import OBJECTS, SUBJECTS, VERBS, TinyModel
 from support.server import REPO, serving
 
 from app.api.app import create_app
-from app.api.routes import get_backend
+from app.api.routes import get_models
 from app.inference.predictor import ModelInfo, Prediction, Query
 from app.settings import Settings
 
@@ -51,7 +52,7 @@ class BlockingBackend:
 
 def _app_with(backend: BlockingBackend, tiny_model: TinyModel, **settings: Any) -> Any:
     app = create_app(Settings(model_store=tiny_model.store, model_name=tiny_model.name, **settings))
-    app.dependency_overrides[get_backend] = lambda: backend
+    app.dependency_overrides[get_models] = lambda: FakeModels(backend)
     return app
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 from app.inference.predictor import ModelInfo, Prediction, Query
 from app.inference.scoring import NoWordToScore, Score
+from app.serving.registry import UnknownModel
 
 
 class FakeBackend:
@@ -52,3 +54,23 @@ class FakeBackend:
         if not text.strip():
             raise NoWordToScore("the text has no word to score")
         return self.score_answer
+
+
+class FakeModels:
+    """Stands in for `app.serving.registry.ModelRegistry` (the routes' `get_models`): one model,
+    served by `backend` (a FakeBackend, or any stand-in with `info` and `predict`)."""
+
+    def __init__(self, backend: Any) -> None:
+        self.default = backend.info.name
+        self._backend = backend
+
+    def backend(self, name: str | None = None) -> Any:
+        if name not in (None, self.default):
+            raise UnknownModel(str(name), [self.default])
+        return self._backend
+
+    def backends(self) -> dict[str, Any]:
+        return {self.default: self._backend}
+
+    def refusals(self) -> list[Any]:
+        return []

@@ -6,7 +6,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,15 +34,18 @@ class Server:
 
 
 @contextmanager
-def serving(model: TinyModel, log_dir: Path, ready_within: float = 30.0) -> Iterator[Server]:
-    """`python -m app.cli serve` for `model` on a free port; yields once /ready answers 200."""
+def serving(
+    model: TinyModel, log_dir: Path, ready_within: float = 30.0, more: Sequence[str] = ()
+) -> Iterator[Server]:
+    """`python -m app.cli serve` for `model` (and `more` flags) on a free port; yields once
+    /ready answers 200."""
     import httpx
 
     port = free_port()
     log = log_dir / f"server-{port}.log"
     command = [
         sys.executable, "-m", "app.cli", "serve", "--store", str(model.store),
-        "--name", model.name, "--version", str(model.version), "--port", str(port),
+        "--name", model.name, "--version", str(model.version), "--port", str(port), *more,
     ]  # fmt: skip
     with log.open("wb") as sink:
         process = subprocess.Popen(command, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT)
