@@ -46,14 +46,14 @@ HELD = "w2 " * 200
 
 class GatedPredictor(Predictor):
     """A Predictor whose model process holds a batch with HELD in it until the gate (a file:
-    the model process keeps none of its parent's descriptors) exists. `kept` holds whatever a
+    the model process keeps none of its parent's descriptors) exists. `held` keeps whatever a
     test wants the predictor to refer to."""
 
     def __init__(self, base: Predictor, info: ModelInfo, gate: Path) -> None:
         super().__init__(base.weights, base.tokenizer, info)
         self.gate = gate
         self.parent = os.getpid()
-        self.kept: list[object] = []
+        self.held: list[object] = []
 
     def predict_batch(self, queries: Sequence[Query]) -> list[Prediction]:
         if os.getpid() != self.parent and any(query.text == HELD for query in queries):
@@ -279,7 +279,7 @@ def test_a_retired_model_is_freed_though_it_was_frozen_at_start_up_in_a_cycle(
         await served.start()
         first = models.made[1]()
         assert first is not None
-        first.kept.append(first)
+        first.held.append(first)
         del first
         gc.freeze()
         try:

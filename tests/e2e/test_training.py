@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from app.tokenizer import PRESETS, Tokenizer
 pytestmark = pytest.mark.slow
 
 
-def _manifest(model: TinyModel) -> dict:  # type: ignore[type-arg]
+def _manifest(model: TinyModel) -> dict[str, Any]:
     return json.loads((model.path / store.MANIFEST).read_text())
 
 
