@@ -10,7 +10,8 @@
       ▼
     swap one reference (`current`): requests that already hold the old backend finish on it
       ▼
-    retire the old one: wait until its requests in flight reach 0, then `aclose()` it
+    retire the old one: wait until its requests in flight reach 0, then `aclose()` it; the
+    server's other models then renew their model processes (app.serving.process_hold)
 
 Requests in flight are counted by each backend rather than guessed with a grace delay: the old
 weights are freed as soon as the last request on them ends, and never while one still reads
@@ -21,7 +22,6 @@ keep an old model in memory for ever.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections import OrderedDict
@@ -39,6 +39,7 @@ from app.inference.backend import Backend
 from app.inference.blocklist import BlocklistError, load_blocklist
 from app.inference.loading import load_predictor, probe
 from app.inference.predictor import Predictor
+from app.serving.fingerprint import fingerprint
 from app.serving.memory import collect_garbage, forget_frames, release_large_frees_to_the_os
 from app.serving.process_hold import ProcessHold
 from app.settings import Settings
@@ -52,6 +53,9 @@ MAX_REFUSALS = 20
 RETIRE_MARGIN_S = 5.0
 
 Loader = Callable[[Settings, int], Predictor]
+# Why a backend is closed: its version was replaced by another, the server is stopping, or its
+# model is served on by a fresh backend (renew_process).
+Retirement = Literal["replaced", "closed", "renewed"]
 
 
 def load_version(settings: Settings, version: int) -> Predictor:
@@ -64,24 +68,6 @@ def load_version(settings: Settings, version: int) -> Predictor:
         cache_size=settings.cache_size,
         blocklist=load_blocklist(settings.blocklist),
     )
-
-
-def fingerprint(path: Path) -> str:
-    """What a version folder holds now: its manifest's bytes and each file's size and mtime.
-
-    A refused version is retried only when this changes (a fixed file, a completed copy), so a
-    broken version is not loaded again on every poll.
-    """
-    digest = hashlib.sha256()
-    try:
-        with (path / store.MANIFEST).open("rb") as handle:
-            digest.update(handle.read(1 << 20))
-        for item in sorted(path.iterdir()):
-            stat = item.stat()
-            digest.update(f"{item.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
-    except OSError as error:
-        digest.update(f"unreadable: {error.strerror}".encode())
-    return digest.hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -160,7 +146,7 @@ class ModelManager:
                 await self._poller
         served, self.current = self.current, None
         if served is not None:
-            await self._retire(served)
+            await self._retire(served, "closed")
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
 
@@ -218,9 +204,7 @@ class ModelManager:
             self.settings.model_name, number, old.info.version if old else "-",
         )  # fmt: skip
         if old is not None:
-            task = asyncio.create_task(self._retire(old))
-            self._retiring.add(task)
-            task.add_done_callback(self._retiring.discard)
+            self._retire_soon(old, "replaced")
         return ReloadOutcome("loaded", number)
 
     def _resolve(self, version: int | None) -> tuple[int, Path]:
@@ -252,6 +236,9 @@ class ModelManager:
         except BaseException:
             del predictor  # this frame stays in the error's traceback; the model need not
             raise
+        return self._backend(predictor)
+
+    def _backend(self, predictor: Predictor) -> Backend:
         settings = self.settings
         backend = Backend(
             predictor,
@@ -276,7 +263,23 @@ class ModelManager:
             self._refused.popitem(last=False)
         return ReloadOutcome("refused", number, reason)
 
-    async def _retire(self, old: Backend) -> None:
+    def renew_process(self) -> None:
+        """Serve from a fresh backend over the same model, its model process not forked yet,
+        and retire the old backend (its requests end on it, then its process). ProcessHold asks
+        this once another model's replaced version is freed: a process forked while that
+        version was in memory would keep a copy of it for life."""
+        old = self.current
+        if old is None or not old.stats()["process_forks"]:
+            return  # never forked: it holds no copy of anything
+        self.current = self._backend(old.predictor)
+        self._retire_soon(old, "renewed")
+
+    def _retire_soon(self, old: Backend, why: Retirement) -> None:
+        task = asyncio.create_task(self._retire(old, why))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _retire(self, old: Backend, why: Retirement) -> None:
         grace = self.settings.predict_timeout_s + RETIRE_MARGIN_S
         if not await old.wait_idle(grace):
             logger.warning(
@@ -288,7 +291,10 @@ class ModelManager:
         except Exception:
             logger.exception("closing model v%d failed", old.info.version)
         del old
-        await collect_garbage()
+        if why != "renewed":  # (a renewed backend's model lives on in its successor)
+            await collect_garbage()
+        if why == "replaced":
+            self._hold.version_freed(self)
         self._hold.release_if_quiet()
 
     def busy(self) -> bool:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.backends import children, until
 from support.backends import forks as linux_only
 from support.models import random_predictor
 
@@ -106,12 +107,14 @@ def test_the_models_come_from_the_environment(
 
 
 class Loads:
-    """The managers' Loader: a random model per name and version. Version 2 of `b` waits in its
-    worker thread until `go` is set, so that a test acts while b is half-loaded."""
+    """The managers' Loader: a random model per name and version. With `gated`, version 2 of `b`
+    waits in its worker thread until `go` is set, so that a test acts while b is half-loaded."""
 
-    def __init__(self) -> None:
+    def __init__(self, gated: bool = False) -> None:
         self.loading = threading.Event()
         self.go = threading.Event()
+        if not gated:
+            self.go.set()
 
     def __call__(self, settings: Settings, version: int) -> Predictor:
         name = settings.model_name
@@ -172,7 +175,7 @@ def test_no_model_forks_its_process_while_another_model_loads_a_version(
     store_dir: Path,
 ) -> None:
     # A process forked while b's new version is half-loaded would keep it for life.
-    loads = Loads()
+    loads = Loads(gated=True)
 
     async def scenario() -> None:
         models = registry(store_dir, loads, model_process=True)
@@ -196,6 +199,58 @@ def test_no_model_forks_its_process_while_another_model_loads_a_version(
             assert a.stats()["process_forks"] == 1
         finally:
             loads.go.set()
+            await models.aclose()
+
+    asyncio.run(scenario())
+
+
+@linux_only
+def test_once_a_replaced_version_is_freed_the_other_models_fork_their_process_afresh(
+    store_dir: Path,
+) -> None:
+    # a's process, forked while b v1 was in memory, would keep b v1's memory for life.
+    loads = Loads()
+
+    async def scenario() -> None:
+        models = registry(store_dir, loads, model_process=True)
+        await models.start()
+        try:
+            a = models.backend("a")
+            assert a is not None
+            before = children()
+            await _batch(a)
+            (first,) = children() - before
+            publish(store_dir, "b", 2)
+            assert (await models.manager("b").reload()).status == "loaded"
+            await until(lambda: first not in children())  # ended once b v1 was freed
+            renewed = models.backend("a")
+            assert renewed is not None and renewed is not a
+            assert renewed.predictor is a.predictor  # the same model, served on
+            for _ in range(1_000):  # forked again once nothing is coming or going
+                await _batch(renewed)
+                if renewed.stats()["process_forks"]:
+                    break
+                await asyncio.sleep(0.01)
+            assert renewed.stats()["process_forks"] == 1
+            assert models.backend("b") is not None and not children() & {first}
+        finally:
+            await models.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_model_without_a_model_process_is_not_renewed(store_dir: Path) -> None:
+    async def scenario() -> None:
+        models = registry(store_dir, Loads(), model_process=False)
+        await models.start()
+        try:
+            a = models.backend("a")
+            await _batch(a)  # type: ignore[arg-type]
+            publish(store_dir, "b", 2)
+            assert (await models.manager("b").reload()).status == "loaded"
+            await until(lambda: not models.manager("b").busy())
+            assert models.backend("a") is a
+        finally:
             await models.aclose()
 
     asyncio.run(scenario())
