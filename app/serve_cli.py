@@ -27,9 +27,10 @@ EXIT_STARTUP_FAILED = 3
 def add_commands(commands: Any) -> None:
     serve = commands.add_parser(
         "serve",
-        help="serve the model over HTTP (POST /predict, docs at /docs)",
-        description="Serve a model from the model store. Settings come from NEXTWORD_* "
-        "environment variables; these flags override them.",
+        help="serve the models over HTTP (POST /predict, docs at /docs)",
+        description="Serve models from the model store (every model in it, unless --models "
+        "says which; --name is the default one). Settings come from NEXTWORD_* environment "
+        "variables; these flags override them.",
     )
     add_model_flags(serve)
     serve.add_argument(
