@@ -159,7 +159,7 @@ class Settings(BaseSettings):
     def _models_are_in_the_store(
         cls, value: tuple[str, ...], info: ValidationInfo
     ) -> tuple[str, ...]:
-        names = tuple(dict.fromkeys(check_name(name) for name in value))  # repeats once
+        names = tuple(dict.fromkeys(check_name(name) for name in value))  # twice: served once
         if "model_store" not in info.data or "model_name" not in info.data:
             return names  # refused already
         folder, default = info.data["model_store"], info.data["model_name"]
