@@ -125,7 +125,7 @@ class _Memory:
 
     def __init__(self, hidden: int, size: int) -> None:
         self.size = size
-        self.states = np.empty((1024, hidden), dtype=np.float16)
+        self.states = np.empty((1024, hidden), dtype=np.float32)
         self.ids = np.empty(1024, dtype=np.intp)
         self.count = 0
 

@@ -30,11 +30,11 @@ class Memory:
     """The continuous cache's memory of a text: the state after each of its ids but the last,
     and the id read after it (app.inference.continuous_cache), the most recent `size` pairs.
 
-    Half precision: a memory is up to thousands of states, each kept with a text in the cache;
-    a state's components are tanh outputs in [-1, 1], where float16 keeps 3 digits.
+    Single precision, as the engine computes: half precision would halve a memory's bytes, but
+    NumPy converts it back at every request slower than the dot products themselves.
     """
 
-    states: np.ndarray  # (pairs, hidden) float16, read-only
+    states: np.ndarray  # (pairs, hidden) float32, read-only
     next_ids: np.ndarray  # (pairs,)
 
     def __len__(self) -> int:
@@ -49,14 +49,14 @@ class Memory:
             return self
         before = steps[:-1] if start is None else np.concatenate([start[None, :], steps[:-1]])
         new_ids = np.asarray(ids[1:] if start is None else ids, dtype=np.intp)
-        states = np.concatenate([self.states, before.astype(np.float16)])[-size:]
-        next_ids = np.concatenate([self.next_ids, new_ids])[-size:]
+        states = np.concatenate([self.states[-size:], before])[-size:]
+        next_ids = np.concatenate([self.next_ids[-size:], new_ids])[-size:]
         states.flags.writeable = next_ids.flags.writeable = False
         return Memory(states, next_ids)
 
     @classmethod
     def empty(cls, hidden: int) -> Memory:
-        return cls(np.empty((0, hidden), dtype=np.float16), np.empty(0, dtype=np.intp))
+        return cls(np.empty((0, hidden), dtype=np.float32), np.empty(0, dtype=np.intp))
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ class ReadingCache:
     entry (so memory is bounded however long the texts)."""
 
     CHARS_PER_ENTRY = 256
-    PAIRS_PER_ENTRY = 8
+    PAIRS_PER_ENTRY = 4
 
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
@@ -104,12 +104,13 @@ class ReadingCache:
         return len(self._entries)
 
     def __contains__(self, text: str) -> bool:
-        return text in self._entries  # (a look, not a use: the order is kept)
+        return _key(text) in self._entries  # (a look, not a use: the order is kept)
 
     def get(self, text: str) -> Reading | None:
-        reading = self._entries.get(text)
+        key = _key(text)
+        reading = self._entries.get(key)
         if reading is not None:
-            self._entries.move_to_end(text)
+            self._entries.move_to_end(key)
         return reading
 
     def furthest(self, text: str) -> tuple[Reading | None, int]:
@@ -125,9 +126,10 @@ class ReadingCache:
 
     def keeps(self, text: str) -> bool:
         """Whether `text` or its head is kept (a look, not a use)."""
-        return any(text[:cut] in self._entries for cut in (len(text), *_head_lengths(text)))
+        return any(text[:cut] in self for cut in (len(text), *_head_lengths(text)))
 
     def put(self, text: str, reading: Reading) -> None:
+        text = _key(text)
         pairs = len(reading.memory) if reading.memory is not None else 0
         if len(text) > self.max_chars or pairs > self.max_pairs or self.max_entries < 1:
             return  # could never fit: keep what is there
@@ -172,13 +174,19 @@ def read_text(tokenizer: Tokenizer, text: str, after: Reading | None = None) -> 
     return Reading(tuple(ids), tokens, tuple(unknown_words))
 
 
+def _key(text: str) -> str:
+    # Spaces and tabs at the end of a text add nothing to its reading: "the cat " is kept as
+    # "the cat", and found again whatever follows it ("the cat sat", "the cat\nit").
+    return text.rstrip(" \t")
+
+
 def _head_lengths(text: str) -> tuple[int, ...]:
     """Where the text's head may end: after the spaces before its last word ("the cat sat " ->
-    "the cat ", what the request before read), or after the first of them ("a b \nc" ->
-    "a b ", when the line break came with the last word)."""
+    "the cat "), or before them ("a b\nc " -> "a b", which "a b " kept when a line break
+    followed the word instead of a space)."""
     words = text.rstrip()
     cut = max(words.rfind(" "), words.rfind("\n")) + 1
     if cut == 0:
         return ()
     run = len(words[:cut].rstrip())  # where the spaces before the last word begin
-    return (cut,) if run + 1 == cut else (cut, run + 1)
+    return (cut,) if run in (0, cut) else (cut, run)

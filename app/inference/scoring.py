@@ -83,10 +83,9 @@ def _mixed(
     cache: CacheSettings,
 ) -> np.ndarray:
     """log((1 - λ) p_model + λ p_cache) of targets[start:stop]: position t's memory is the
-    pairs (history[j], targets[j]) for the last `cache.size` j before t (kept in half
-    precision by the server, so here too)."""
+    pairs (history[j], targets[j]) for the last `cache.size` j before t."""
     low = max(0, start - cache.size)
-    memory = history[low:stop].astype(np.float16).astype(engine.FLOAT)  # (window, hidden)
+    memory = history[low:stop]  # (window, hidden)
     similarity = cache.theta * (history[start:stop] @ memory.T)  # (chunk, window)
     positions = np.arange(start, stop)[:, None]
     window = np.arange(low, stop)[None, :]
