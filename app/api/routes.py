@@ -11,7 +11,8 @@ Each route validates, calls one object, and shapes the answer. `/predict` and `/
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from collections.abc import Awaitable
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, Request, Response
 
@@ -57,6 +58,21 @@ def backend_of(models: ModelRegistry, name: str | None) -> Backend:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ModelsDep = Annotated[ModelRegistry, Depends(get_models)]
 
+T = TypeVar("T")
+
+
+async def within(timeout_s: float, answer: Awaitable[T]) -> T:
+    """`await answer`, or a 504 (PredictionTimedOut) when it takes over `timeout_s`."""
+    deadline = asyncio.timeout(timeout_s)
+    try:
+        async with deadline:
+            return await answer
+    except TimeoutError:
+        if not deadline.expired():
+            raise  # not ours: a bug, reported as one
+        raise PredictionTimedOut(timeout_s) from None
+
+
 # --- routes -------------------------------------------------------------------------------------
 
 probes = APIRouter(tags=["operations"])
@@ -97,14 +113,7 @@ def model_routes(settings: Settings) -> APIRouter:
         )
         # Cancelled at the deadline: a query still queued is dropped; one already computing
         # finishes there, and the 504 follows it.
-        deadline = asyncio.timeout(settings.predict_timeout_s)
-        try:
-            async with deadline:
-                prediction = await backend.predict(query)
-        except TimeoutError:
-            if not deadline.expired():
-                raise  # not ours: a bug, reported as one
-            raise PredictionTimedOut(settings.predict_timeout_s) from None
+        prediction = await within(settings.predict_timeout_s, backend.predict(query))
         return Response(
             predict_body(prediction, backend.info, phrases=body.phrase_words > 1),
             media_type="application/json",

@@ -13,14 +13,12 @@ API key when one is set, and the body checks of app.api.app's middlewares.
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import to_json
 
-from app.api.errors import PredictionTimedOut, TextHasNoWord, TextTooLong, documented
-from app.api.routes import ModelsDep, backend_of
+from app.api.errors import TextHasNoWord, TextTooLong, documented
+from app.api.routes import ModelsDep, backend_of, within
 from app.api.schemas import TEXT_CEILING, ModelRef, model_field
 from app.inference.predictor import ModelInfo
 from app.inference.scoring import NoWordToScore, Score
@@ -138,14 +136,10 @@ def score_routes(settings: Settings) -> APIRouter:
         backend = backend_of(models, body.model)
         # At the deadline the answer is a 504 at once; the computation, in a worker thread,
         # finishes on its own (it cannot be stopped half-way).
-        deadline = asyncio.timeout(settings.predict_timeout_s)
         try:
-            async with deadline:
-                result = await backend.score(body.text, body.continuous_cache)
-        except TimeoutError:
-            if not deadline.expired():
-                raise  # not ours: a bug, reported as one
-            raise PredictionTimedOut(settings.predict_timeout_s) from None
+            result = await within(
+                settings.predict_timeout_s, backend.score(body.text, body.continuous_cache)
+            )
         except NoWordToScore:
             raise TextHasNoWord() from None
         return Response(score_body(result, backend.info), media_type="application/json")
