@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app import serve_cli, store
+from app import serve_cli, store, store_edits
 from app.evaluation import continuous_cache as evaluation
 
 if TYPE_CHECKING:  # the predictor and its loading are imported when a command runs
@@ -160,7 +160,7 @@ def run_tune(args: argparse.Namespace) -> int:
         print("dry run: nothing stored")
         return 0
     content = (json.dumps(record, indent=2) + "\n").encode("utf-8")
-    store.attach(
+    store_edits.attach(
         predictor.info.path,
         store.CONTINUOUS_CACHE,
         content,

@@ -194,9 +194,9 @@ def _add_promote(commands: Any) -> None:
 
 
 def _run_promote(args: argparse.Namespace) -> int:
-    from app import store
+    from app import store_edits
 
-    published = store.promote(args.version_dir, args.store, args.name)
+    published = store_edits.promote(args.version_dir, args.store, args.name)
     print(f"published {published.path}")
     return 0
 

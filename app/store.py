@@ -21,7 +21,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,7 +201,7 @@ def publish(store: Path, name: str, write: Callable[[Path], dict[str, Any]]) -> 
                 if (model_dir / str(number)).exists():
                     continue
                 raise
-            _fsync_dir(model_dir)
+            fsync_dir(model_dir)
             return Published(name, number, model_dir / str(number))
         raise ModelStoreError(f"could not find a free version number under {model_dir}")
     except BaseException:
@@ -217,60 +217,8 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
         os.fsync(handle.fileno())
 
 
-def attach(
-    path: Path,
-    file_name: str,
-    content: bytes,
-    metrics: Mapping[str, Any],
-    retired: Iterable[str] = (),
-) -> None:
-    """Add, or replace, one optional file of a published version (not its weights, tokenizer,
-    Keras model or manifest), with its sha256 and `metrics` in the manifest.
-
-    The manifest says what the version is: a file it does not list is not part of it. Each step
-    below renames a complete file into place, so a reader sees the version before or after, or
-    without the file, never a file its manifest disagrees with: the file is first struck from
-    the manifest with the metric keys `retired` (they described it), then renamed into place,
-    then listed again. The version's other files are verified first and not touched.
-    """
-    core = (MANIFEST, TOKENIZER, WEIGHTS, KERAS_MODEL)
-    if file_name in (*core, "", ".", "..") or "/" in file_name or "\0" in file_name:
-        raise ModelStoreError(f"{file_name!r} cannot be added to a version")
-    manifest = read_manifest(path)
-    now = manifest.get("metrics")
-    gone = set(retired) | set(metrics)
-    kept = {k: v for k, v in now.items() if k not in gone} if isinstance(now, dict) else {}
-    if file_name in manifest["files"]:
-        struck = {k: v for k, v in manifest["files"].items() if k != file_name}
-        _replace_json(path / MANIFEST, {**manifest, "metrics": kept, "files": struck})
-    _replace_file(path / file_name, content)
-    files = {**manifest["files"], file_name: hashlib.sha256(content).hexdigest()}
-    manifest.update(metrics={**kept, **metrics}, files=dict(sorted(files.items())))
-    _replace_json(path / MANIFEST, manifest)
-
-
-def _replace_file(path: Path, content: bytes) -> None:
-    """Write a file beside `path`, then rename it over `path`: never half written."""
-    work = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    try:
-        with work.open("wb") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        work.chmod(0o644)
-        os.replace(work, path)
-    except BaseException:
-        work.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _replace_json(path: Path, payload: dict[str, Any]) -> None:
-    text = json.dumps(payload, indent=2, sort_keys=False) + "\n"  # as _write_json writes it
-    _replace_file(path, text.encode("utf-8"))
-
-
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename in `path` durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -340,21 +288,3 @@ def load_weights(path: Path) -> dict[str, np.ndarray]:
         return {key: np.asarray(value) for key, value in load_file(path / WEIGHTS).items()}
     except (SafetensorError, OSError, ValueError) as error:
         raise ModelStoreError(f"{path / WEIGHTS} cannot be read ({error})") from error
-
-
-def promote(source: Path, store: Path, name: str) -> Published:
-    """Publish a checked copy of an existing version (e.g. from a scratch store) as `name`.
-
-    The files are verified against their manifest first; the manifest keeps everything it
-    said about training and records where the copy came from.
-    """
-    manifest = read_manifest(source)
-    origin = {"path": str(source), "name": manifest.get("name"), "version": manifest.get("version")}
-
-    def write(folder: Path) -> dict[str, Any]:
-        for file_name in manifest["files"]:
-            shutil.copy2(source / file_name, folder / file_name)
-        kept = {k: v for k, v in manifest.items() if k not in ("files", "name", "version")}
-        return {**kept, "promoted_from": origin}
-
-    return publish(store, name, write)

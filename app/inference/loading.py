@@ -110,7 +110,7 @@ def _read(path: Path, cache_size: int, blocklist: Blocklist | None) -> Predictor
 
 def _continuous_cache(path: Path, files: dict[str, str]) -> CacheSettings | None:
     """The continuous cache's settings when the manifest lists them (a file it does not list
-    is not part of the version: `store.attach` leaves one there while it replaces it)."""
+    is not part of the version: `store_edits.attach` leaves one there while it replaces it)."""
     expected = files.get(store.CONTINUOUS_CACHE)
     if expected is None:
         return None

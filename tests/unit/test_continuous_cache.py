@@ -13,7 +13,7 @@ import pytest
 from safetensors.numpy import save_file
 from support.models import random_arrays
 
-from app import store
+from app import store, store_edits
 from app.cli import main
 from app.evaluation import continuous_cache as evaluation
 from app.inference import engine
@@ -204,7 +204,7 @@ def publish_random(model_store: Path) -> Path:
 
 
 def attach_settings(path: Path, content: bytes, metrics: dict[str, Any] | None = None) -> None:
-    store.attach(path, store.CONTINUOUS_CACHE, content, metrics or {}, retired=("cache",))
+    store_edits.attach(path, store.CONTINUOUS_CACHE, content, metrics or {}, retired=("cache",))
 
 
 def test_stored_settings_reach_the_model_info_and_survive_promotion(tmp_path: Path) -> None:
@@ -223,7 +223,7 @@ def test_stored_settings_reach_the_model_info_and_survive_promotion(tmp_path: Pa
     assert manifest["files"][store.WEIGHTS] == weights_sha
     assert store.sha256_file(path / store.WEIGHTS) == weights_sha
     assert sorted(p.name for p in path.iterdir()) == sorted([*manifest["files"], store.MANIFEST])
-    copy = store.promote(path, tmp_path, "copied")
+    copy = store_edits.promote(path, tmp_path, "copied")
     assert load_predictor(tmp_path, "copied").info.continuous_cache == CacheSettings(7, 0.5, 0.2)
     assert copy.version == 1
 
@@ -260,7 +260,7 @@ def test_a_settings_file_the_manifest_does_not_list_is_not_part_of_the_version(
 def test_only_extra_files_can_be_attached(tmp_path: Path, name: str) -> None:
     path = publish_random(tmp_path)
     with pytest.raises(ModelStoreError, match="cannot be added"):
-        store.attach(path, name, b"{}", {})
+        store_edits.attach(path, name, b"{}", {})
 
 
 # --- the commands -------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 from safetensors.numpy import save_file
 from support.models import TinyModel
 
-from app import store
+from app import store, store_edits
 from app.inference.loading import load_predictor
 
 
@@ -94,7 +94,7 @@ def test_weights_load_as_float32_without_tensorflow(tmp_path: Path) -> None:
 
 def test_promote_copies_a_checked_version_under_a_new_name(tmp_path: Path) -> None:
     source = store.publish(tmp_path / "scratch", "trial", _write_minimal).path
-    promoted = store.promote(source, tmp_path / "serving", "prod")
+    promoted = store_edits.promote(source, tmp_path / "serving", "prod")
     assert (promoted.name, promoted.version) == ("prod", 1)
     manifest = store.read_manifest(promoted.path)
     assert manifest["promoted_from"]["name"] == "trial"
@@ -105,7 +105,7 @@ def test_promote_refuses_a_corrupt_version(tmp_path: Path) -> None:
     source = store.publish(tmp_path / "scratch", "trial", _write_minimal).path
     (source / store.TOKENIZER).write_text("tampered")
     with pytest.raises(store.ModelStoreError, match="sha256"):
-        store.promote(source, tmp_path / "serving", "prod")
+        store_edits.promote(source, tmp_path / "serving", "prod")
     assert store.versions(tmp_path / "serving", "prod") == []
 
 
