@@ -6,7 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from app.api.errors import ModelNotReady, ModelRefused, documented
+from app.api.documented import documented
+from app.api.errors import ModelNotReady, ModelRefused
 from app.api.model_schemas import ReloadResponse, inside_store
 from app.api.routes import ModelsDep, SettingsDep
 

@@ -37,7 +37,8 @@ from fastapi_offline import FastAPIOffline
 
 from app.api import admin
 from app.api.deadlines import BodyDeadline
-from app.api.errors import documented, install_error_handlers
+from app.api.documented import documented
+from app.api.errors import install_error_handlers
 from app.api.middleware import (
     BodyLimits,
     InFlightLimit,

@@ -16,7 +16,8 @@ from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from app.api.errors import ModelNotReady, PredictionTimedOut, TextTooLong, documented
+from app.api.documented import documented
+from app.api.errors import ModelNotReady, PredictionTimedOut, TextTooLong
 from app.api.model_schemas import ModelsResponse, ReadyResponse
 from app.api.schemas import PredictRequest, PredictResponse, Status, predict_body
 from app.inference.backend import Backend

@@ -17,7 +17,8 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import to_json
 
-from app.api.errors import TextHasNoWord, TextTooLong, documented
+from app.api.documented import documented
+from app.api.errors import TextHasNoWord, TextTooLong
 from app.api.routes import ModelsDep, backend_of, within
 from app.api.schemas import TEXT_CEILING, ModelRef, model_field
 from app.inference.predictor import ModelInfo

@@ -14,7 +14,7 @@ from support.fakes import FakeBackend, FakeModels
 
 from app.api.app import create_app
 from app.api.deadlines import BodyDeadline
-from app.api.errors import documented
+from app.api.documented import documented
 from app.api.routes import get_models
 from app.settings import Settings
 
