@@ -185,7 +185,7 @@ class Settings(BaseSettings):
             value = value.strip().lower()
             if value == "latest":
                 return value
-            if value.isdigit():
+            if value.isascii() and value.isdigit():  # not "²", a digit int() cannot read
                 value = int(value)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"must be 'latest' or a version number of 1 or more, not {value!r}")
@@ -202,21 +202,15 @@ class Settings(BaseSettings):
 
     @field_validator("blocklist", mode="before")
     @classmethod
-    def _blocklist_is_not_blank(cls, value: Any) -> Any:
-        # A blank variable would be the path ".", a folder; refused rather than ignored, like a
-        # blank key, as it was meant to name a file.
+    def _blocklist_is_readable(cls, value: Any) -> Any:
+        # A blank variable would be the path ".", a folder: refused like a blank key. The file
+        # is read here only to check it (the server reads it again to use it): a missing or
+        # mis-encoded file stops start-up with one line naming the variable.
         if isinstance(value, str) and not value.strip():
             raise ValueError("must name a file of words (or not be set at all)")
-        return value
-
-    @field_validator("blocklist")
-    @classmethod
-    def _blocklist_is_readable(cls, value: Path | None) -> Path | None:
-        # Read here only to check it (the server reads it again to use it): a missing or
-        # mis-encoded file then stops start-up with one line naming the variable.
-        if value is not None:
+        if isinstance(value, str | os.PathLike):
             try:
-                read_blocklist(value)
+                read_blocklist(Path(value))
             except BlocklistError as error:
                 raise ValueError(str(error)) from None
         return value
@@ -282,16 +276,8 @@ def _split_names(value: Any) -> list[str] | None:
 
 def _default_among(names: list[str]) -> str:
     # A name that is not one is refused in NEXTWORD_MODELS alone, not as the default too.
-    valid = [name for name in names if isinstance(name, str) and _is_name(name)]
+    valid = [name for name in names if isinstance(name, str) and store.is_model_name(name)]
     return DEFAULT_MODEL if DEFAULT_MODEL in valid or not valid else valid[0]
-
-
-def _is_name(name: str) -> bool:
-    try:
-        check_name(name)
-    except ModelStoreError:
-        return False
-    return True
 
 
 def _models_in(folder: Path) -> list[str]:
@@ -302,7 +288,9 @@ def _models_in(folder: Path) -> list[str]:
     except OSError:
         return []  # no store: the default model's load says so
     found = []
-    for name in (entry for entry in entries if _is_name(entry)):  # not `.tmp-*`, `a b`...
+    for name in (
+        entry for entry in entries if store.is_model_name(entry)
+    ):  # not `.tmp-*`, `a b`...
         try:
             if store.versions(folder, name):
                 found.append(name)

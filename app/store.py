@@ -61,6 +61,11 @@ def check_name(name: str) -> str:
     return name
 
 
+def is_model_name(name: str) -> bool:
+    """Whether `name` may name a model (see check_name)."""
+    return bool(_NAME.fullmatch(name)) and ".." not in name
+
+
 def is_version_name(name: str) -> bool:
     """A version folder's name: ASCII digits without a leading zero (`1`, `2`, `10`...), as
     `str(number)` writes it. Not `01` (version_dir(1) would never find it), not `²` (a digit

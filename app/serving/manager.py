@@ -13,10 +13,8 @@
     retire the old one: wait until its requests in flight reach 0, then `aclose()` it; the
     server's other models then renew their model processes (app.serving.process_hold)
 
-Requests in flight are counted by each backend rather than guessed with a grace delay: the old
-weights are freed as soon as the last request on them ends, and never while one still reads
-them. The wait is capped (the request time-out plus a margin) so that a stuck request cannot
-keep an old model in memory for ever.
+Each backend counts its requests in flight: old weights are freed when the last request on
+them ends, never before; the wait is capped (request time-out + margin) against stuck ones.
 """
 
 from __future__ import annotations
@@ -53,14 +51,13 @@ MAX_REFUSALS = 20
 RETIRE_MARGIN_S = 5.0
 
 Loader = Callable[[Settings, int], Predictor]
-# Why a backend is closed: its version was replaced by another, the server is stopping, or its
-# model is served on by a fresh backend (renew_process).
+# Why a backend is closed: replaced, the server stopping, or served on by a fresh backend.
 Retirement = Literal["replaced", "closed", "renewed"]
 
 
 def load_version(settings: Settings, version: int) -> Predictor:
-    """The default Loader: one version of the configured model, from the store (blocking).
-    The blocklist is read again with each version, so an edited list takes effect with it."""
+    """The default Loader: one version of the model, from the store (blocking); the blocklist
+    is read again with each version, so an edited list takes effect with it."""
     return load_predictor(
         settings.model_store,
         settings.model_name,
@@ -86,8 +83,7 @@ class ReloadOutcome:
 
 
 class ModelManager:
-    """Holds the served model's backend; loads, checks and swaps in new versions; retires
-    old ones.
+    """Holds the served model's backend; loads, checks and swaps in new versions; retires old.
 
     All methods run on the event loop (one thread); blocking file and model work goes to
     worker threads. `current` is a plain attribute, read on every request. `settings` name the
@@ -110,8 +106,7 @@ class ModelManager:
         self._hold = hold or ProcessHold()
         self._hold.join(self)
 
-    def refusals(self) -> list[Refusal]:
-        """Refused versions, most recent first."""
+    def refusals(self) -> list[Refusal]:  # most recent first
         return list(reversed(self._refused.values()))
 
     # --- life cycle --------------------------------------------------------------------------
@@ -119,8 +114,7 @@ class ModelManager:
     async def start(self) -> None:
         """Load the configured version; any problem raises ModelStoreError (start-up fails)."""
         release_large_frees_to_the_os()  # or every swap would keep the old weights' memory
-        # One BLAS thread: concurrency comes from the requests, and a second thread on these
-        # small products only contends with the event loop and the model process for the cores.
+        # One BLAS thread: a second one on these small products only contends for the cores.
         threadpool_limits(1, user_api="blas")
         try:
             async with self._reloading:  # busy: the other models of the server do not fork

@@ -141,6 +141,13 @@ def test_model_names_from_settings_stay_in_the_store(name: str) -> None:
         load_settings(model_name=name)
 
 
+@pytest.mark.parametrize("version", ["²", "٣", "0", "-1", "v2"])
+def test_a_version_that_is_not_ascii_digits_is_refused_in_one_clear_line(version: str) -> None:
+    # "²" and "٣" are digits to str.isdigit() that int() cannot read.
+    with pytest.raises(SettingsError, match=r"NEXTWORD_MODEL_VERSION.*'latest' or a version"):
+        load_settings(model_version=version)
+
+
 def test_keys_are_checked_when_the_settings_are_made() -> None:
     with pytest.raises(SettingsError, match="at least 16 characters") as short:
         load_settings(api_key="short-secret")
