@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
+from support.errors import assert_client_error
 from support.fakes import FakeBackend
 
 from app.api.scoring import ScoreResponse
@@ -165,13 +166,7 @@ def test_bad_input_is_a_clean_client_error(
     status: int,
     field: str | None,
 ) -> None:
-    response = fake_client.post("/score", **request_)
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error", "message", "fields"} and body["message"]
-    if field is not None:
-        assert field in [f["field"] for f in body["fields"]]
-        assert body["message"].startswith(f"{field}:")
+    assert_client_error(fake_client.post("/score", **request_), status, field)
     assert fake_backend.scored in ([], [""])  # refused before the model (an empty text: by it)
 
 
