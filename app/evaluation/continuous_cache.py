@@ -1,4 +1,4 @@
-"""Perplexity with the continuous cache (app.inference.continuous_cache) over a whole text, and the
+"""Perplexity with the continuous cache (app.inference.distribution) over a whole text, and the
 grid search that tunes its settings on a validation text.
 
 The text is one stream, read as app.training.evaluate reads it: ids = tokenizer.encode_lines(lines),
@@ -26,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 
 from app.inference import engine
-from app.inference.continuous_cache import CacheSettings, cache_probabilities, mix
+from app.inference.distribution import CacheSettings, cache_probabilities, mix
 from app.inference.engine import RnnWeights
 
 # The grid the shipped model's settings were chosen from (README, "Continuous cache"): finer

@@ -2,7 +2,7 @@
 
 A simulated user types a text word by word, letter by letter. Before each keystroke the service
 shows `suggestions` words: the next words after a space, completions of the word once it is
-begun (as /predict answers: app.inference.choices and the model's probabilities). As soon as
+begun (as /predict answers: app.inference.words and the model's probabilities). As soon as
 the intended word is shown the user takes it: one keystroke, and the space after it comes with
 it. A word never shown is typed in full, then a space. A line break (the end of a sentence) is
 one keystroke, never spared. Words the model does not know are typed in full.
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.inference import distribution, engine, phrases
-from app.inference.continuous_cache import CacheSettings
+from app.inference.distribution import CacheSettings
 from app.inference.predictor import FIRST_WORD_ID, PHRASE_BEAM, Predictor
 from app.inference.reading import Memory
 from app.tokenizer import standardise

@@ -18,7 +18,7 @@ from typing import Any
 
 from app import store
 from app.inference.blocklist import Blocklist
-from app.inference.continuous_cache import CacheSettings
+from app.inference.distribution import CacheSettings
 from app.inference.predictor import ModelInfo, Predictor
 from app.inference.weights import Architecture, weights_from_arrays
 from app.store import ModelStoreError

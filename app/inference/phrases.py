@@ -17,9 +17,9 @@ from typing import NamedTuple
 import numpy as np
 
 from app.inference import distribution, engine
-from app.inference.choices import WordChoices
-from app.inference.continuous_cache import CacheSettings
+from app.inference.distribution import CacheSettings
 from app.inference.reading import Memory
+from app.inference.words import WordChoices
 
 
 class Beam(NamedTuple):

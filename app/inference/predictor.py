@@ -13,7 +13,7 @@ of it, so the text before the last one reads the same on its own. Each text read
 the state it leads to (`ReadingCache`); a text whose head (all but its last word, with the
 space before that word) is kept costs the tokenising and recurrent steps of its last word only.
 
-A text that does not end in whitespace ends in the word being typed (app.inference.fragment):
+A text that does not end in whitespace ends in the word being typed (app.inference.words):
 the model reads the text before it, and only words that begin with it are offered.
 
 Where batches are computed, and how concurrent requests become batches, is the backend's
@@ -27,12 +27,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from app.inference import distribution, engine, phrases
+from app.inference import distribution, engine, phrases, words
 from app.inference.blocklist import Blocklist
-from app.inference.choices import WordChoices
-from app.inference.fragment import Casing, Typed, casing_of, split_typed, starts_sentence, written
 from app.inference.queries import ModelInfo, Phrase, Prediction, Query
 from app.inference.reading import Memory, Reading, ReadingCache, read_text
+from app.inference.words import Casing, Typed, WordChoices, casing_of, split_typed, written
 from app.tokenizer import Tokenizer
 
 __all__ = ["ModelInfo", "Phrase", "Prediction", "Predictor", "Query", "Reading", "ReadingCache"]
@@ -131,9 +130,9 @@ class Predictor:
             answers.append(self._answer(query, item, readings[row], states[row], shown, first))
         return answers
 
-    def _ids_of(self, words: Sequence[str]) -> np.ndarray:
-        """The ids of `words` as the tokenizer reads them (unknown ones have none)."""
-        ids = self.tokenizer.encode(" ".join(words)) if words else ()
+    def _ids_of(self, given: Sequence[str]) -> np.ndarray:
+        """The ids of the words `given` as the tokenizer reads them (unknown ones have none)."""
+        ids = self.tokenizer.encode(" ".join(given)) if given else ()
         return np.array([id_ for id_ in ids if id_ != self.tokenizer.unknown_id], dtype=np.intp)
 
     def _answer(
@@ -149,7 +148,7 @@ class Predictor:
         first word is one of `first` (ids and their probabilities, or a whole row of them)."""
         ids, chosen = shown
         casing = (
-            casing_of(typed.fragment, starts_sentence(typed.context))
+            casing_of(typed.fragment, words.starts_sentence(typed.context))
             if self._cased
             else Casing.MODEL
         )
@@ -208,10 +207,10 @@ class Predictor:
                 break
             if self.choices.blocks_phrase(tokens):
                 continue
-            words = tuple(
+            phrase = tuple(
                 written(token, casing if n == 0 else later) for n, token in enumerate(tokens)
             )
-            found.append(Phrase(words, _shortest(np.exp(total))))
+            found.append(Phrase(phrase, _shortest(np.exp(total))))
             taken = typed.context
             if taken and not taken[-1].isspace():
                 taken += " "
@@ -219,7 +218,7 @@ class Predictor:
             # with a continuous cache: the beam keeps no memory of the phrase's own states.)
             if self.info.continuous_cache is None:
                 self.cache.put(
-                    taken + " ".join(words) + " ", reading.followed_by(ids, tokens, after)
+                    taken + " ".join(phrase) + " ", reading.followed_by(ids, tokens, after)
                 )
         return tuple(found)
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from app.inference.continuous_cache import CacheSettings
+from app.inference.distribution import CacheSettings
 
 
 class Query(NamedTuple):

@@ -28,7 +28,7 @@ _LINE_BREAK = re.compile(r"\r\n|[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
 @dataclass(frozen=True)
 class Memory:
     """The continuous cache's memory of a text: the state after each of its ids but the last,
-    and the id read after it (app.inference.continuous_cache), the most recent `size` pairs.
+    and the id read after it (app.inference.distribution), the most recent `size` pairs.
 
     Single precision, as the engine computes: half precision would halve a memory's bytes, but
     NumPy converts it back at every request slower than the dot products themselves.

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import numpy as np
 
 from app.inference import engine
-from app.inference.continuous_cache import CacheSettings
+from app.inference.distribution import CacheSettings
 from app.inference.reading import Reading
 
 # Positions whose output layer is computed together. Large enough for an efficient product,

@@ -12,7 +12,7 @@ from support.models import random_predictor
 
 from app.inference import engine
 from app.inference.blocklist import Blocklist
-from app.inference.continuous_cache import CacheSettings
+from app.inference.distribution import CacheSettings
 from app.inference.predictor import Predictor, Query
 from app.inference.reading import ReadingCache
 

@@ -15,7 +15,7 @@ from support.models import random_arrays, random_predictor
 
 from app.inference import engine, scoring
 from app.inference.backend import Backend
-from app.inference.continuous_cache import CacheSettings
+from app.inference.distribution import CacheSettings
 from app.inference.predictor import Prediction, Predictor
 from app.inference.reading import Reading
 from app.inference.scoring import NoWordToScore, Score, score_ids, score_reading

@@ -7,7 +7,7 @@ import random
 import numpy as np
 
 from app.inference.blocklist import Blocklist
-from app.inference.choices import WordChoices
+from app.inference.words import WordChoices
 
 FIRST_WORD_ID = 2
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.inference.fragment import Casing, casing_of, split_typed, starts_sentence, written
+from app.inference.words import Casing, casing_of, split_typed, starts_sentence, written
 from app.tokenizer import PRESETS
 
 RAW = PRESETS["raw"]  # lower case, punctuation split off words
