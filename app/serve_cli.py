@@ -82,7 +82,8 @@ def _run_serve(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        log_config=_log_config(settings.log_level),
+        log_config=_log_config(settings.log_level, settings.log_format),
+        access_log=False,  # the app writes its own access line (app.api.telemetry)
         server_header=False,
         timeout_keep_alive=settings.keep_alive_s,
         # On SIGTERM: stop accepting, let requests in flight finish (up to this), then stop.
@@ -126,17 +127,16 @@ def _server_class() -> type[Any]:
     return GracefulServer
 
 
-def _log_config(level: str) -> dict[str, Any]:
+def _log_config(level: str, log_format: str = "text") -> dict[str, Any]:
     # uvicorn's logging, plus our "nextword" logger on the same handler (it says which model
-    # is served), and an access log of method, path and status only (AccessLogRedaction).
+    # is served), and the app's access lines (method, path, status; app.api.telemetry) where
+    # uvicorn's went. uvicorn's own access log, if turned on, is redacted (AccessLogRedaction).
     from uvicorn.config import LOGGING_CONFIG
 
     config = copy.deepcopy(LOGGING_CONFIG)
-    config["loggers"]["nextword"] = {
-        "handlers": ["default"],
-        "level": level.upper() if level != "trace" else "DEBUG",
-        "propagate": False,
-    }
+    ours = {"level": level.upper() if level != "trace" else "DEBUG", "propagate": False}
+    config["loggers"]["nextword"] = {"handlers": ["default"], **ours}
+    config["loggers"]["nextword.access"] = {"handlers": ["access"], **ours}
     config.setdefault("filters", {})["access_redaction"] = {"()": AccessLogRedaction}
     # On the logger, not a handler: the record itself is rewritten, for every handler.
     config["loggers"]["uvicorn.access"]["filters"] = ["access_redaction"]
@@ -144,6 +144,9 @@ def _log_config(level: str) -> dict[str, Any]:
         "()": "uvicorn.logging.DefaultFormatter",
         "fmt": "%(levelprefix)s %(message)s",
     }
+    if log_format == "json":  # every line, uvicorn's included: one JSON object (app.logs)
+        for name in ("default", "access"):
+            config["formatters"][name] = {"()": "app.logs.JsonFormatter"}
     return config
 
 

@@ -9,6 +9,7 @@
     NEXTWORD_MAX_TEXT_CHARS  longest `text` accepted by POST /predict         (10000)
     NEXTWORD_MAX_BODY_BYTES  largest request body accepted                    (65536)
     NEXTWORD_LOG_LEVEL       critical | error | warning | info | debug        (info)
+    NEXTWORD_LOG_FORMAT      text | json (one JSON object a line)             (text)
     NEXTWORD_RELOAD_INTERVAL_S   seconds between looks for a new version; 0 = never   (0)
     NEXTWORD_MAX_IN_FLIGHT       requests worked on at once; past it 503 + Retry-After (128)
     NEXTWORD_PREDICT_TIMEOUT_S   longest wait for a prediction; past it 504            (5)
@@ -17,6 +18,7 @@
     NEXTWORD_SHUTDOWN_TIMEOUT_S  longest wait for requests in flight on SIGTERM        (8)
     NEXTWORD_API_KEY         key required on /predict and /models (X-API-Key or Bearer)  (none)
     NEXTWORD_ADMIN_KEY       key for /admin/*; unset, the admin routes do not exist      (none)
+    NEXTWORD_METRICS_KEY     key for GET /metrics; unset, it is open like /health       (none)
     NEXTWORD_CORS_ORIGINS    comma-separated origins browsers may call from          (none)
     NEXTWORD_CACHE_SIZE      states (and texts) kept for type-ahead; 0 = no cache   (4096)
     NEXTWORD_BATCH_MAX_SIZE  most concurrent requests in one batch                  (8)
@@ -88,6 +90,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=65_536, ge=1_024, le=64 * 1024 * 1024)
     # --- logging ---
     log_level: LogLevel = "info"
+    log_format: Literal["text", "json"] = "text"  # json: for log collectors (app.logs)
     # --- inference (app.inference.backend) ---
     # Texts kept with their hidden states, in each serving process: type-ahead then costs the
     # steps of the last word only. 0 turns the cache off.
@@ -121,6 +124,7 @@ class Settings(BaseSettings):
     # SecretStr: the value never shows in a repr, a log line or a validation error.
     api_key: SecretStr | None = None
     admin_key: SecretStr | None = None
+    metrics_key: SecretStr | None = None  # (app.api.metrics) unset: /metrics is open
     # NoDecode: the variable is a comma-separated list, not JSON.
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # --- what is never suggested (app.inference.blocklist) ---
@@ -191,7 +195,7 @@ class Settings(BaseSettings):
             raise ValueError(f"must be 'latest' or a version number of 1 or more, not {value!r}")
         return value
 
-    @field_validator("api_key", "admin_key")
+    @field_validator("api_key", "admin_key", "metrics_key")
     @classmethod
     def _key_is_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
         # Refused rather than ignored: an empty or short key set by mistake must not leave the
@@ -218,18 +222,17 @@ class Settings(BaseSettings):
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [origin.strip() for origin in value.split(",") if origin.strip()]
-        return value
+        return _split_names(value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _keys_differ(self) -> Settings:
-        api, admin = self.api_key, self.admin_key
-        if api and admin and api.get_secret_value() == admin.get_secret_value():
-            raise ValueError("NEXTWORD_ADMIN_KEY must differ from NEXTWORD_API_KEY")
+        admin = self.admin_key.get_secret_value() if self.admin_key else None
+        for name, key in (("API", self.api_key), ("METRICS", self.metrics_key)):
+            if admin and key and key.get_secret_value() == admin:  # (they may not swap models)
+                raise ValueError(f"NEXTWORD_ADMIN_KEY must differ from NEXTWORD_{name}_KEY")
         return self
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _lower_case_level(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
@@ -266,7 +269,7 @@ def describe_validation_error(error: ValidationError) -> str:
 
 
 def _split_names(value: Any) -> list[str] | None:
-    """NEXTWORD_MODELS as a list ([] when not given or blank); None when not a list at all."""
+    """A comma-separated variable as a list ([] when not given or blank); None if not a list."""
     if value is None:
         return []
     if isinstance(value, str):
@@ -288,9 +291,7 @@ def _models_in(folder: Path) -> list[str]:
     except OSError:
         return []  # no store: the default model's load says so
     found = []
-    for name in (
-        entry for entry in entries if store.is_model_name(entry)
-    ):  # not `.tmp-*`, `a b`...
+    for name in [entry for entry in entries if store.is_model_name(entry)]:  # not `.tmp-*`
         try:
             if store.versions(folder, name):
                 found.append(name)

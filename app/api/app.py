@@ -9,14 +9,16 @@ app.api.app:create_app`.
 
 Requests pass through, outermost first:
 
+    Telemetry       X-Request-ID, the time, the metrics (GET /metrics) and the access line
+                    (app.api.telemetry); outside even Starlette's own layers
     CORS (only when NEXTWORD_CORS_ORIGINS is set)
     BodyLimits      431 past 100 headers or 16 KiB of them, 413 past NEXTWORD_MAX_BODY_BYTES,
                     415 for a /predict or /score body not sent as JSON, before anything is
                     parsed
     BodyDeadline    reads the whole body: 408 when it takes over NEXTWORD_BODY_TIMEOUT_S;
                     400 for a /predict or /score body in UTF-16 or UTF-32
-    InFlightLimit   503 + Retry-After past NEXTWORD_MAX_IN_FLIGHT (not /health, /ready),
-                    counting requests whose body has arrived
+    InFlightLimit   503 + Retry-After past NEXTWORD_MAX_IN_FLIGHT (not /health, /ready,
+                    /metrics), counting requests whose body has arrived
     the routes      API key on /predict, /score and /models, admin key on /admin
                     (app.api.security); 504 when /predict or /score has no answer within
                     NEXTWORD_PREDICT_TIMEOUT_S
@@ -48,6 +50,7 @@ from app.api.middleware import (
 from app.api.routes import model_routes, probes
 from app.api.scoring import score_routes
 from app.api.security import require_admin_key, require_api_key
+from app.api.telemetry import install_telemetry
 from app.serving.registry import ModelRegistry
 from app.settings import Settings, load_settings
 
@@ -114,6 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(
             admin.router, dependencies=[Depends(require_admin_key)], responses=documented(401)
         )
+    install_telemetry(app, settings)
     install_error_handlers(app)
     app.openapi = _openapi_with_limits(app, settings)  # type: ignore[method-assign]
     # Added last = outermost.
@@ -124,7 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         InFlightLimit,
         limit=settings.max_in_flight,
         load=app.state.load,
-        exempt=["/health", "/ready"],
+        exempt=["/health", "/ready", "/metrics"],  # probes, and the view of an overload
     )
     json_paths = ["/predict", "/score"]  # the routes that read a JSON body
     app.add_middleware(BodyDeadline, timeout_s=settings.body_timeout_s, json_paths=json_paths)

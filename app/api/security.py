@@ -1,4 +1,5 @@
-"""API keys: NEXTWORD_API_KEY guards the model routes, NEXTWORD_ADMIN_KEY the admin routes.
+"""API keys: NEXTWORD_API_KEY guards the model routes, NEXTWORD_ADMIN_KEY the admin routes,
+NEXTWORD_METRICS_KEY GET /metrics.
 
 A key is sent as `X-API-Key: <key>` or `Authorization: Bearer <key>`, and compared in constant
 time (hmac.compare_digest), so the time an answer takes says nothing about how much of a
@@ -27,7 +28,8 @@ logger = logging.getLogger("nextword")
 API_KEY_HEADER = APIKeyHeader(
     name="X-API-Key",
     scheme_name="ApiKey",
-    description="The key, as set in NEXTWORD_API_KEY (or NEXTWORD_ADMIN_KEY for /admin).",
+    description="The key, as set in NEXTWORD_API_KEY (NEXTWORD_ADMIN_KEY for /admin, "
+    "NEXTWORD_METRICS_KEY for /metrics).",
     auto_error=False,
 )
 BEARER = HTTPBearer(
@@ -89,3 +91,8 @@ async def require_admin_key(request: Request, header: HeaderKey, bearer: BearerK
     if expected is None:
         raise Unauthorized("the admin routes are off")
     check_key(request, expected, header, bearer, "admin key")
+
+
+async def require_metrics_key(request: Request, header: HeaderKey, bearer: BearerKey) -> None:
+    # Only attached when NEXTWORD_METRICS_KEY is set: /metrics is open otherwise, like /health.
+    check_key(request, request.app.state.settings.metrics_key, header, bearer, "metrics key")

@@ -28,6 +28,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
+from app.inference.counts import ModelCounts
 from app.inference.model_process import ModelProcess, ModelProcessGone
 from app.inference.predictor import ModelInfo, Prediction, Predictor, Query
 from app.inference.scoring import NoWordToScore, Score, score_reading
@@ -60,6 +61,7 @@ class Backend:
         max_batch: int = 8,
         max_wait_s: float = 0.0,
         model_process: bool = False,
+        counts: ModelCounts | None = None,
     ) -> None:
         if max_batch < 1 or max_wait_s < 0:
             raise ValueError("max_batch must be 1 or more and max_wait_s 0 or more")
@@ -67,7 +69,8 @@ class Backend:
         self.info: ModelInfo = predictor.info
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
-        self._process = ModelProcess(predictor) if model_process else None
+        self.counts = counts or ModelCounts()  # for /metrics; its manager's, shared by versions
+        self._process = ModelProcess(predictor, counts=self.counts) if model_process else None
         self._process_held = False  # see hold_process
         self._queue: list[_Item] = []
         self._flush: asyncio.Handle | None = None  # a look at the queue is scheduled
@@ -145,6 +148,8 @@ class Backend:
         return len(text) >= LONG_TEXT and not self.predictor.keeps(text)
 
     def _compute_here(self, batch: list[_Item]) -> None:
+        kept = self.predictor.cache
+        hits, misses = kept.hits, kept.misses
         try:
             predictions = self.predictor.predict_batch([query for query, _ in batch])
         except Exception as error:
@@ -152,6 +157,7 @@ class Backend:
         else:
             self._count(batch)
             _settle(batch, predictions)
+        self.counts.cache_used("server", kept.hits - hits, kept.misses - misses)
 
     async def _in_process(self, batch: list[_Item]) -> None:
         assert self._process is not None
@@ -183,6 +189,7 @@ class Backend:
     def _count(self, batch: list[_Item]) -> None:
         self.batches += 1
         self.rows += len(batch)
+        self.counts.batch_sizes[len(batch)] += 1
 
     def hold_process(self, held: bool) -> None:
         """While held, no model process is forked (batches are computed on the loop until one
@@ -242,7 +249,10 @@ class Backend:
         included. Counted in `in_flight` until the thread ends, even when its caller gives up
         (a time-out): a replaced model is closed only after its last score.
         """
+        kept = self.predictor.cache
+        hits, misses = kept.hits, kept.misses
         reading = self.predictor.read(text)
+        self.counts.cache_used("server", kept.hits - hits, kept.misses - misses)
         if len(reading.ids) < 2:
             raise NoWordToScore("the text has no word to score")
         cache = self.info.continuous_cache if continuous_cache else None

@@ -3,9 +3,9 @@
 Forked, not spawned: the child starts in milliseconds with the parent's Predictor already in
 memory, shared copy-on-write (the weights are only read, so their pages stay shared). The two
 speak over a socket pair: the parent writes a frame (an 8-byte length, then a pickle) holding a
-batch of queries; the child answers each, in order, with one frame, `("ok", predictions)` or
-`("error", message)`. The child ends when the parent closes its end (or dies: the kernel closes
-it then), so it never outlives the server.
+batch of queries; the child answers each, in order, with one frame, `("ok", (predictions,
+readings kept, reading cache hits and misses))` or `("error", message)`. The child ends when
+the parent closes its end (or dies: the kernel closes it then), so it never outlives the server.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from contextlib import suppress
 from typing import Any
 
+from app.inference.counts import ModelCounts
 from app.inference.predictor import Prediction, Predictor, Query, Reading
 
 _LENGTH = struct.Struct("!Q")
@@ -41,9 +42,15 @@ class ModelProcess:
     """Runs `predictor.predict_batch` in a forked child, for one event loop. The child is
     forked on the first `run` (and again after one is gone)."""
 
-    def __init__(self, predictor: Predictor, answer_within_s: float = ANSWER_WITHIN_S) -> None:
+    def __init__(
+        self,
+        predictor: Predictor,
+        answer_within_s: float = ANSWER_WITHIN_S,
+        counts: ModelCounts | None = None,
+    ) -> None:
         self._predictor = predictor
         self.answer_within_s = answer_within_s
+        self.counts = counts or ModelCounts()  # the child's reading cache use is added here
         self.pid: int | None = None
         self.forks = 0
         self._socket: socket.socket | None = None
@@ -77,8 +84,9 @@ class ModelProcess:
             raise ModelProcessGone("the model process was stuck") from None
         if status != "ok":
             raise RuntimeError(f"the model process failed: {answer}")
-        result: tuple[list[Prediction], list[Reading | None]] = answer
-        return result
+        predictions, kept, (hits, misses) = answer
+        self.counts.cache_used("model_process", hits, misses)
+        return predictions, kept
 
     def _start(self) -> socket.socket:
         ours, theirs = socket.socketpair()
@@ -225,9 +233,12 @@ def _serve(connection: socket.socket, predictor: Predictor) -> None:
             return  # the parent closed its end
         try:
             queries, share = pickle.loads(body)
+            hits, misses = predictor.cache.hits, predictor.cache.misses
             predictions = predictor.predict_batch(queries)
             kept = [predictor.kept(query.text) if share else None for query in queries]
-            reply: tuple[str, Any] = ("ok", (predictions, kept))
+            # Counted here, reported to the server with the answer (GET /metrics shows them).
+            used = (predictor.cache.hits - hits, predictor.cache.misses - misses)
+            reply: tuple[str, Any] = ("ok", (predictions, kept, used))
         except Exception as error:
             reply = ("error", f"{type(error).__name__}: {error}")
         connection.sendall(_frame(reply))

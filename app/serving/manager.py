@@ -13,8 +13,7 @@
     retire the old one: wait until its requests in flight reach 0, then `aclose()` it; the
     server's other models then renew their model processes (app.serving.process_hold)
 
-Each backend counts its requests in flight: old weights are freed when the last request on
-them ends, never before; the wait is capped (request time-out + margin) against stuck ones.
+Old weights are freed when their last request ends, never before (stuck ones: a capped wait).
 """
 
 from __future__ import annotations
@@ -35,6 +34,7 @@ from threadpoolctl import threadpool_limits
 from app import store
 from app.inference.backend import Backend
 from app.inference.blocklist import BlocklistError, load_blocklist
+from app.inference.counts import ModelCounts
 from app.inference.loading import load_predictor, probe
 from app.inference.predictor import Predictor
 from app.serving.fingerprint import fingerprint
@@ -105,6 +105,7 @@ class ModelManager:
         self._unrecognised: set[str] = set()  # names in the model's folder already reported
         self._hold = hold or ProcessHold()
         self._hold.join(self)
+        self.counts = ModelCounts()  # loads, refusals and its backends' work (GET /metrics)
 
     def refusals(self) -> list[Refusal]:  # most recent first
         return list(reversed(self._refused.values()))
@@ -114,8 +115,7 @@ class ModelManager:
     async def start(self) -> None:
         """Load the configured version; any problem raises ModelStoreError (start-up fails)."""
         release_large_frees_to_the_os()  # or every swap would keep the old weights' memory
-        # One BLAS thread: a second one on these small products only contends for the cores.
-        threadpool_limits(1, user_api="blas")
+        threadpool_limits(1, user_api="blas")  # a 2nd BLAS thread only contends for the cores
         try:
             async with self._reloading:  # busy: the other models of the server do not fork
                 self._hold.hold()
@@ -141,8 +141,7 @@ class ModelManager:
         served, self.current = self.current, None
         if served is not None:
             await self._retire(served, "closed")
-        if self._retiring:
-            await asyncio.gather(*self._retiring, return_exceptions=True)
+        await asyncio.gather(*self._retiring, return_exceptions=True)
 
     async def _poll(self, interval: float) -> None:
         while True:
@@ -216,11 +215,10 @@ class ModelManager:
     def _report_unrecognised(self) -> None:
         """One warning when entries that are not versions (`01`, `²`, a file) appear in the
         model's folder, not one per poll; an entry removed and put back is reported again."""
-        settings = self.settings
-        found = set(store.unrecognised(settings.model_store, settings.model_name))
+        folder = self.settings.model_store / self.settings.model_name
+        found = set(store.unrecognised(self.settings.model_store, self.settings.model_name))
         new, self._unrecognised = found - self._unrecognised, found
         if new:
-            folder = settings.model_store / settings.model_name
             logger.warning("%s", store.describe_unrecognised(folder, new))
 
     async def _load_checked(self, number: int) -> Backend:
@@ -230,6 +228,7 @@ class ModelManager:
         except BaseException:
             del predictor  # this frame stays in the error's traceback; the model need not
             raise
+        self.counts.loads[number] += 1
         return self._backend(predictor)
 
     def _backend(self, predictor: Predictor) -> Backend:
@@ -239,18 +238,19 @@ class ModelManager:
             max_batch=settings.batch_max_size,
             max_wait_s=settings.batch_max_wait_ms / 1000,
             model_process=settings.model_process,
+            counts=self.counts,
         )
         backend.hold_process(True)  # until no other version is coming or going (ProcessHold)
         return backend
 
     def _refuse(self, number: int | None, print_: str, reason: str) -> ReloadOutcome:
         known = self._refused.pop(number, None)
+        self.counts.refusals[number] += 1
         if known is None or (known.fingerprint, known.reason) != (print_, reason):
-            current = self.current
             logger.error(
                 "refused model %s v%s, still serving %s: %s",
                 self.settings.model_name, "?" if number is None else number,
-                f"v{current.info.version}" if current else "nothing", reason,
+                f"v{self.current.info.version}" if self.current else "nothing", reason,
             )  # fmt: skip
         self._refused[number] = Refusal(number, print_, reason, time.time())
         while len(self._refused) > MAX_REFUSALS:
