@@ -253,3 +253,29 @@ def test_the_suggestions_save_keystrokes_over_a_dictionary_keyboard() -> None:
     baseline = re.search(r"^baseline \(most frequent words\) (\d+\.\d) %$", done.stdout, re.M)
     assert model and baseline, done.stdout
     assert float(model[1]) >= float(baseline[1]) + 10, done.stdout
+
+
+# --- the continuous cache ---------------------------------------------------------------------
+
+# Rare names the text has used: the cache raises them, the model alone rates them low.
+CACHE_TEXTS = [
+    ("mr. trudeau said the plan would work . the government of mr. trudeau has asked for more "
+     "time . critics of mr. trudeau say the plan is too costly . a spokesman for mr. ", "trudeau"),
+    ("kidder peabody said it would cut jobs . the cuts at kidder will affect N people . kidder "
+     "has lost money this year . a spokesman for ", "kidder"),
+]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("text", "word"), CACHE_TEXTS)
+def test_a_rare_word_used_earlier_rises_into_the_top_5_with_the_cache(
+    server: Server, text: str, word: str
+) -> None:
+    def rank(**more: Any) -> int | None:
+        predictions = predict(server, text=text, top_k=20, **more)["predictions"]
+        words = [p["word"].lower() for p in predictions]
+        return words.index(word) + 1 if word in words else None
+
+    with_cache, without = rank(), rank(continuous_cache=False)
+    assert with_cache is not None and with_cache <= 5, (word, with_cache)
+    assert without is None, (word, without)  # not even among the model's 20 likeliest
