@@ -22,7 +22,7 @@ MAX_VERSION = 2**31 - 1
     summary="Load a version of a model now, check it, and swap it in",
     responses=documented(409, 422, 503),
 )
-async def reload(
+async def reload_model(
     models: ModelsDep,
     settings: SettingsDep,
     model: Annotated[

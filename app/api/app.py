@@ -35,6 +35,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 
 from app.api import admin
@@ -47,6 +48,7 @@ from app.api.middleware import (
     Load,
     OneLineStartupError,
 )
+from app.api.page import install_page
 from app.api.routes import model_routes, probes
 from app.api.scoring import score_routes
 from app.api.security import require_admin_key, require_api_key
@@ -102,6 +104,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         version=_package_version(),
         lifespan=lifespan,
+        # Each operation's id is its function's name (`predict`, `models`): the names a client
+        # generated from the OpenAPI document gives its functions.
+        generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
     app.state.models = None
@@ -117,6 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(
             admin.router, dependencies=[Depends(require_admin_key)], responses=documented(401)
         )
+    install_page(app)
     install_telemetry(app, settings)
     install_error_handlers(app)
     app.openapi = _openapi_with_limits(app, settings)  # type: ignore[method-assign]
@@ -144,6 +150,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_age=600,
         )
     return app
+
+
+def operation_id(route: APIRoute) -> str:
+    return route.name
 
 
 def include_first(app: FastAPI, router: APIRouter, **options: Any) -> None:
