@@ -25,20 +25,52 @@ from app.tokenizer import Tokenizer, standardise
 _LINE_BREAK = re.compile(r"\r\n|[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
 
 
-@dataclass(frozen=True)
+class _Pairs:
+    """Room for a text's (state, next id) pairs, shared by the memories of its successive
+    readings: the memory of "the cat sat" is that of "the cat" with one pair written after it,
+    in place, not a copy of it. Memories only read below `filled`, which only grows."""
+
+    __slots__ = ("filled", "next_ids", "states")
+
+    def __init__(self, states: np.ndarray, next_ids: np.ndarray, filled: int) -> None:
+        self.states = states  # (capacity, hidden) float32
+        self.next_ids = next_ids  # (capacity,)
+        self.filled = filled
+
+    @property
+    def capacity(self) -> int:
+        return len(self.next_ids)
+
+
 class Memory:
     """The continuous cache's memory of a text: the state after each of its ids but the last,
     and the id read after it (app.inference.distribution), the most recent `size` pairs.
 
     Single precision, as the engine computes: half precision would halve a memory's bytes, but
-    NumPy converts it back at every request slower than the dot products themselves.
+    NumPy converts it back at every request slower than the dot products themselves. A memory is
+    a window on a _Pairs that the memories of the same text share (`store`): typing a word adds
+    its pair, not a copy of the 700 before it, and the reading cache counts a store once.
     """
 
-    states: np.ndarray  # (pairs, hidden) float32, read-only
-    next_ids: np.ndarray  # (pairs,)
+    __slots__ = ("next_ids", "states", "stop", "store")
+
+    def __init__(self, states: np.ndarray, next_ids: np.ndarray) -> None:
+        """A memory of these pairs (states (pairs, hidden), next_ids (pairs,)), taken as given."""
+        self._window(_Pairs(states, next_ids, len(next_ids)), 0, len(next_ids))
+
+    def _window(self, store: _Pairs, start: int, stop: int) -> Memory:
+        self.store, self.stop = store, stop  # this memory is the store's pairs start .. stop
+        self.states = store.states[start:stop]  # views: read-only, the store only grows after
+        self.next_ids = store.next_ids[start:stop]
+        self.states.flags.writeable = self.next_ids.flags.writeable = False
+        return self
 
     def __len__(self) -> int:
         return len(self.next_ids)
+
+    def __reduce__(self) -> tuple[type[Memory], tuple[np.ndarray, np.ndarray]]:
+        # Pickled (to or from the model process) as its own pairs, not the whole shared store.
+        return Memory, (self.states.copy(), self.next_ids.copy())
 
     def after(
         self, start: np.ndarray | None, ids: Sequence[int], steps: np.ndarray, size: int
@@ -49,10 +81,28 @@ class Memory:
             return self
         before = steps[:-1] if start is None else np.concatenate([start[None, :], steps[:-1]])
         new_ids = np.asarray(ids[1:] if start is None else ids, dtype=np.intp)
-        states = np.concatenate([self.states[-size:], before])[-size:]
-        next_ids = np.concatenate([self.next_ids[-size:], new_ids])[-size:]
-        states.flags.writeable = next_ids.flags.writeable = False
-        return Memory(states, next_ids)
+        added, store, stop = len(new_ids), self.store, self.stop
+        if stop == store.filled and stop + added <= store.capacity:
+            # The latest memory of its store: the new pairs go after it.
+            store.states[stop : stop + added] = before
+            store.next_ids[stop : stop + added] = new_ids
+            store.filled += added
+            return Memory.__new__(Memory)._window(store, max(stop + added - size, 0), stop + added)
+        # Another reading wrote after this one first (a phrase tried, a word typed over), or
+        # the store is full: a new one. A text read from nothing gets no more room than its
+        # pairs (most are never typed on); one typed on gets twice what it keeps (at most
+        # 2 `size`), so that copies cost O(1) a pair over a long text.
+        states = np.concatenate([self.states, before])[-size:]
+        next_ids = np.concatenate([self.next_ids, new_ids])[-size:]
+        count = len(next_ids)
+        capacity = min(2 * count, 2 * size) if len(self) else count
+        grown = _Pairs(
+            np.empty((capacity, states.shape[1]), dtype=states.dtype),
+            np.empty(capacity, dtype=np.intp),
+            count,
+        )
+        grown.states[:count], grown.next_ids[:count] = states, next_ids
+        return Memory.__new__(Memory)._window(grown, 0, count)
 
     @classmethod
     def empty(cls, hidden: int) -> Memory:
@@ -87,7 +137,8 @@ class Reading:
 class ReadingCache:
     """Readings by text, least recently used dropped first: at most `max_entries`, and on
     average at most CHARS_PER_ENTRY characters and PAIRS_PER_ENTRY continuous-cache pairs an
-    entry (so memory is bounded however long the texts)."""
+    entry (so memory is bounded however long the texts). The pairs counted are the room of
+    each store of pairs the entries hold (Memory), once however many entries share it."""
 
     CHARS_PER_ENTRY = 256
     PAIRS_PER_ENTRY = 4
@@ -98,6 +149,7 @@ class ReadingCache:
         self.max_pairs = max_entries * self.PAIRS_PER_ENTRY
         self.chars = self.pairs = 0
         self._entries: OrderedDict[str, Reading] = OrderedDict()
+        self._stores: dict[int, int] = {}  # id of each store of pairs held -> entries holding it
         self.hits = self.misses = 0  # a hit: the text or its head was kept
 
     def __len__(self) -> int:
@@ -130,15 +182,19 @@ class ReadingCache:
 
     def put(self, text: str, reading: Reading) -> None:
         text = _key(text)
-        pairs = len(reading.memory) if reading.memory is not None else 0
-        if len(text) > self.max_chars or pairs > self.max_pairs or self.max_entries < 1:
+        memory = reading.memory
+        room = memory.store.capacity if memory is not None else 0
+        if len(text) > self.max_chars or room > self.max_pairs or self.max_entries < 1:
             return  # could never fit: keep what is there
         old = self._entries.pop(text, None)
         if old is not None:
             self._forget(text, old)
         self._entries[text] = reading
         self.chars += len(text)
-        self.pairs += pairs
+        if memory is not None:
+            held = self._stores.get(id(memory.store), 0)
+            self._stores[id(memory.store)] = held + 1
+            self.pairs += room if held == 0 else 0
         while (
             len(self._entries) > self.max_entries
             or self.chars > self.max_chars
@@ -148,7 +204,13 @@ class ReadingCache:
 
     def _forget(self, text: str, reading: Reading) -> None:
         self.chars -= len(text)
-        self.pairs -= len(reading.memory) if reading.memory is not None else 0
+        if reading.memory is not None:
+            store = reading.memory.store
+            held = self._stores.pop(id(store)) - 1
+            if held:
+                self._stores[id(store)] = held
+            else:
+                self.pairs -= store.capacity
 
 
 def read_text(tokenizer: Tokenizer, text: str, after: Reading | None = None) -> Reading:

@@ -34,7 +34,7 @@ from app.tokenizer import TokenizerConfig, standardise
 # What separates words for the tokenizer: whitespace, and control characters (read as spaces).
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # The end of a sentence before the next word: . ! or ? and any closing quotes or brackets.
-_SENTENCE_END = re.compile(r"[.!?][\"'\u2019\u201d)\]]*$")
+_CLOSING = "\"'\u2019\u201d)]"
 # Above every character: a word that begins with `stem` sorts before stem + _LAST.
 _LAST = "\U0010ffff"
 
@@ -119,7 +119,8 @@ def starts_sentence(context: str) -> bool:
     last_line = context.rstrip(" \t")
     if not last_line or last_line[-1] in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029":
         return True
-    return _SENTENCE_END.search(last_line) is not None
+    # From the end only (a regular expression anchored at $ would scan the whole text).
+    return last_line.rstrip(_CLOSING)[-1:] in (".", "!", "?")
 
 
 class Casing(enum.Enum):
