@@ -244,8 +244,8 @@ def read_manifest(path: Path, serving: bool = False) -> dict[str, Any]:
         raise ModelStoreError(f"{manifest_path} is not valid JSON ({error})") from None
     except RecursionError:  # arrays or objects nested thousands deep
         raise ModelStoreError(f"{manifest_path} is not a manifest (nested too deep)") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        found = manifest.get("format") if isinstance(manifest, dict) else None
+    found = manifest.get("format") if isinstance(manifest, dict) else None
+    if type(found) is not int or found != MANIFEST_FORMAT:  # true and 1.0 are == 1 in Python
         raise ModelStoreError(
             f"{manifest_path} has format {found!r}; this nextword reads format "
             f"{MANIFEST_FORMAT}: retrain the model or upgrade nextword"

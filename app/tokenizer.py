@@ -236,9 +236,10 @@ class Tokenizer:
             raise TokenizerError(
                 f"not a nextword tokenizer file (a JSON {type(payload).__name__}, not an object)"
             )
-        if payload.get("format") != TOKENIZER_FORMAT:
+        found = payload.get("format")
+        if type(found) is not int or found != TOKENIZER_FORMAT:  # true and 1.0 are == 1 too
             raise TokenizerError(
-                f"tokenizer format {payload.get('format')!r} is not {TOKENIZER_FORMAT}"
+                f"tokenizer format {found!r} is not {TOKENIZER_FORMAT}"
             )
         settings = payload.get("config")
         if not isinstance(settings, dict):

@@ -51,16 +51,19 @@ class Architecture:
         kind = architecture.get("type")
         if kind != "simple_rnn":
             raise ValueError(f"architecture type {kind!r} is not one this server runs (simple_rnn)")
-        try:
-            sizes = {
-                key: int(architecture[key])
-                for key in ("vocab_size", "embedding_dim", "hidden_units")
-            }
-            tied = architecture["tied"]
-        except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"architecture is incomplete ({error!r})") from None
-        if not isinstance(tied, bool) or min(sizes.values()) < 1:
-            raise ValueError("architecture has sizes below 1 or a non-boolean 'tied'")
+        fields = ("vocab_size", "embedding_dim", "hidden_units", "tied")
+        if missing := [key for key in fields if key not in architecture]:
+            raise ValueError(f"architecture is incomplete (no {', '.join(map(repr, missing))})")
+        sizes = {key: architecture[key] for key in fields[:3]}
+        for key, size in sizes.items():
+            # A JSON integer: not true (an int to Python), not 16.0, not "16".
+            if type(size) is not int:
+                raise ValueError(f"architecture {key!r} must be a whole number, not {size!r}")
+            if size < 1:
+                raise ValueError(f"architecture has sizes below 1 ({key!r} is {size})")
+        tied = architecture["tied"]
+        if not isinstance(tied, bool):
+            raise ValueError(f"architecture has a non-boolean 'tied' ({tied!r})")
         return cls(tied=tied, **sizes)
 
 

@@ -305,13 +305,46 @@ def _rewrite(path: Path, change: Change) -> None:
         manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
 
 
-FAULTS = [
-    pytest.param(store.MANIFEST, change, id=f"manifest: {name}")
-    for name, change in MANIFEST_FAULTS.items()
-] + [
-    pytest.param(store.TOKENIZER, change, id=f"tokenizer: {name}")
-    for name, change in TOKENIZER_FAULTS.items()
-]
+def _as_float(outer: str, key: str) -> Change:
+    def change(payload: Any) -> Any:
+        payload[outer][key] = float(payload[outer][key])  # 24 -> 24.0: equal, not an integer
+        return payload
+
+    return change
+
+
+# Values Python takes for the right ones (True == 1 == 1.0; bool is an int), of the wrong JSON
+# kind: each refused, naming the file and the field (the last item).
+KIND_FAULTS: dict[str, tuple[str, Change, str]] = {
+    "manifest format true": (store.MANIFEST, _set("format", True), "format"),
+    "manifest format 1.0": (store.MANIFEST, _set("format", 1.0), "format"),
+    "vocab_size true": (store.MANIFEST, _set_in("architecture", "vocab_size", True), "vocab_size"),
+    "vocab_size 24.0": (store.MANIFEST, _as_float("architecture", "vocab_size"), "vocab_size"),
+    "hidden_units a string of digits": (
+        store.MANIFEST, _set_in("architecture", "hidden_units", "8"), "hidden_units"
+    ),
+    "embedding_dim false": (
+        store.MANIFEST, _set_in("architecture", "embedding_dim", False), "embedding_dim"
+    ),
+    "tied 1": (store.MANIFEST, _set_in("architecture", "tied", 1), "tied"),
+    "tokenizer format true": (store.TOKENIZER, _set("format", True), "format"),
+    "tokenizer format 1.0": (store.TOKENIZER, _set("format", 1.0), "format"),
+}  # fmt: skip
+
+FAULTS = (
+    [
+        pytest.param(store.MANIFEST, change, id=f"manifest: {name}")
+        for name, change in MANIFEST_FAULTS.items()
+    ]
+    + [
+        pytest.param(store.TOKENIZER, change, id=f"tokenizer: {name}")
+        for name, change in TOKENIZER_FAULTS.items()
+    ]
+    + [
+        pytest.param(file_name, change, id=f"wrong kind: {name}")
+        for name, (file_name, change, _) in KIND_FAULTS.items()
+    ]
+)
 
 
 @pytest.mark.parametrize(("file_name", "change"), FAULTS)
@@ -343,6 +376,21 @@ def test_a_malformed_value_is_refused_in_one_line_naming_the_file(
     _no_traceback(caplog)
     refusals = [r for r in caplog.records if "refused model m v2" in r.getMessage()]
     assert len(refusals) == 1 and "\n" not in refusals[0].getMessage()
+
+
+@pytest.mark.parametrize(
+    ("file_name", "change", "field"), list(KIND_FAULTS.values()), ids=list(KIND_FAULTS)
+)
+def test_a_value_of_the_wrong_json_kind_is_refused_naming_its_field(
+    tmp_path: Path, file_name: str, change: Change, field: str
+) -> None:
+    model_store = tmp_path / "store"
+    publish_random(model_store, seed=1)
+    _rewrite(model_store / "m" / "1" / file_name, change)
+    with pytest.raises(ModelStoreError) as caught:
+        load_predictor(model_store, "m", 1)
+    message = str(caught.value)
+    assert "\n" not in message and file_name in message and field in message, message
 
 
 @pytest.mark.parametrize(("name", "change"), list(TOKENIZER_FAULTS.items()))

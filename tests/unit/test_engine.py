@@ -256,7 +256,9 @@ def test_the_architecture_is_read_from_the_manifest() -> None:
         ({"type": "simple_rnn", "vocab_size": 7, "embedding_dim": 3, "hidden_units": 5,
           "tied": "yes"}, "non-boolean 'tied'"),
         ({"type": "simple_rnn", "vocab_size": "many", "embedding_dim": 3, "hidden_units": 5,
-          "tied": True}, "incomplete"),
+          "tied": True}, "'vocab_size' must be a whole number"),
+        ({"type": "simple_rnn", "vocab_size": 7, "embedding_dim": True, "hidden_units": 5,
+          "tied": True}, "'embedding_dim' must be a whole number, not True"),
     ],
 )  # fmt: skip
 def test_an_architecture_this_engine_cannot_run_is_refused(manifest: object, message: str) -> None:
