@@ -76,6 +76,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.api.app import create_app
+    from app.api.connections import bounded_protocol
 
     config = uvicorn.Config(
         create_app(settings),
@@ -86,6 +87,9 @@ def _run_serve(args: argparse.Namespace) -> int:
         access_log=False,  # the app writes its own access line (app.api.telemetry)
         server_header=False,
         timeout_keep_alive=settings.keep_alive_s,
+        # uvicorn's httptools connection with the limits it lacks (headers' time and size,
+        # connections open): app.api.connections.
+        http=bounded_protocol(settings),
         # On SIGTERM: stop accepting, let requests in flight finish (up to this), then stop.
         timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout_s)),
     )

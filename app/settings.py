@@ -13,7 +13,9 @@
     NEXTWORD_RELOAD_INTERVAL_S   seconds between looks for a new version; 0 = never   (0)
     NEXTWORD_MAX_IN_FLIGHT       requests worked on at once; past it 503 + Retry-After (128)
     NEXTWORD_PREDICT_TIMEOUT_S   longest wait for a prediction; past it 504            (5)
+    NEXTWORD_HEADER_TIMEOUT_S    longest wait for a request's headers; past it 408     (10)
     NEXTWORD_BODY_TIMEOUT_S      longest wait for a request's whole body; past it 408  (5)
+    NEXTWORD_MAX_CONNECTIONS     open connections; past it the longest idle is closed  (1024)
     NEXTWORD_KEEP_ALIVE_S        how long an idle connection stays open                (75)
     NEXTWORD_SHUTDOWN_TIMEOUT_S  longest wait for requests in flight on SIGTERM        (8)
     NEXTWORD_API_KEY         key required on /predict and /models (X-API-Key or Bearer)  (none)
@@ -107,18 +109,17 @@ class Settings(BaseSettings):
     reload_interval_s: float = Field(default=0, ge=0, le=86_400)
     # Above concurrency 128 a 2-core server only queues; refusing at once keeps latency bounded.
     max_in_flight: int = Field(default=128, ge=1, le=100_000)
-    # A prediction takes milliseconds; one still unanswered after seconds is of no use to a
-    # typing user, and holding it only adds to the queue.
+    # A prediction takes milliseconds; one unanswered after seconds is of no use to a typist.
     predict_timeout_s: float = Field(default=5.0, gt=0, le=600)
-    # A body of at most NEXTWORD_MAX_BODY_BYTES takes milliseconds to send; a client still
-    # sending after seconds is stuck or hostile (a slow upload held a slot of MAX_IN_FLIGHT).
+    # Headers and a body take milliseconds to send; a client still sending after seconds is
+    # stuck or hostile, and holds a connection (app.api.connections, app.api.deadlines).
+    header_timeout_s: float = Field(default=10.0, gt=0, le=600)
     body_timeout_s: float = Field(default=5.0, gt=0, le=600)
-    # How long an idle client connection is kept open. Longer than the idle time-outs of client
-    # pools and load balancers (httpx 5 s, AWS ALB 60 s; nginx uses 75 s too): a server that
-    # closes first races the client reusing the connection, which then sees a reset.
+    max_connections: int = Field(default=1024, ge=1, le=1_000_000)  # (a file descriptor each)
+    # An idle connection's life: longer than client pools' and load balancers' (httpx 5 s, AWS
+    # ALB 60 s; nginx 75 s too), or the client reusing it races the server closing it.
     keep_alive_s: int = Field(default=75, ge=1, le=3_600)
-    # Inside the 10 s Docker waits before SIGKILL, and above the request time-out, so every
-    # accepted request can finish.
+    # Inside Docker's 10 s before SIGKILL, above the request time-out: accepted requests finish.
     shutdown_timeout_s: float = Field(default=8.0, gt=0, le=3_600)
     # --- security (app.api.security) ---
     # SecretStr: the value never shows in a repr, a log line or a validation error.
@@ -183,8 +184,7 @@ class Settings(BaseSettings):
     @field_validator("model_version", mode="before")
     @classmethod
     def _version_is_latest_or_number(cls, value: Any) -> Any:
-        # Environment variables are strings: "3" means version 3; anything else but "latest"
-        # (or a whole number from code) is refused here with one clear message.
+        # A variable is a string: "3" is version 3; all but "latest" or a number is refused.
         if isinstance(value, str):
             value = value.strip().lower()
             if value == "latest":

@@ -4,6 +4,7 @@ their headers and no body (more than NEXTWORD_MAX_IN_FLIGHT, 128) still answers 
 
 from __future__ import annotations
 
+import select
 import socket
 import time
 from pathlib import Path
@@ -77,3 +78,29 @@ def test_slow_bodies_hold_no_slot_and_get_408(
             f"{max(latencies) * 1000:.1f} ms, median "
             f"{sorted(latencies)[NORMAL // 2] * 1000:.1f} ms; 408s after {waited:.2f} s"
         )
+
+
+def test_a_body_sent_a_byte_a_second_still_ends_at_the_deadline(
+    tiny_model: TinyModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deadline is for the whole body: bytes that keep arriving do not extend it."""
+    monkeypatch.setenv("NEXTWORD_BODY_TIMEOUT_S", str(BODY_TIMEOUT_S))
+    with serving(tiny_model, tmp_path) as server:
+        address = urlsplit(server.url)
+        with socket.create_connection((address.hostname, address.port), timeout=5) as sock:
+            sock.sendall(REQUEST)
+            started = time.monotonic()
+            sent = 0
+            # A byte, then a second's wait for an answer, until one comes (100 bytes: 100 s).
+            while time.monotonic() - started < BODY_TIMEOUT_S + 5:
+                sock.send(b" ")
+                sent += 1
+                if select.select([sock], [], [], 1.0)[0]:
+                    break
+            ended = time.monotonic() - started
+            answer = _read_all(sock, within=5)
+        assert "Traceback" not in server.output()
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert b'"error":"request_timeout"' in answer
+    assert sent >= BODY_TIMEOUT_S - 1  # it did keep sending until the deadline
+    assert BODY_TIMEOUT_S - 0.5 < ended < BODY_TIMEOUT_S + 2, f"ended after {ended:.2f} s"
