@@ -29,9 +29,13 @@ class JsonFormatter(logging.Formatter):
     """A log record as one line of JSON (non-ASCII characters escaped: any log pipeline reads
     it, and no control character can start a line of its own)."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = (0, "")  # the last second written, and its text
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
-            "time": _utc(record.created),
+            "time": self._utc(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -49,9 +53,12 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = record.exc_text
         return json.dumps(entry)
 
-
-def _utc(created: float) -> str:
-    """`created` (Unix time) as ISO 8601 in UTC, to the millisecond: 2026-12-01T05:16:00.123Z."""
-    seconds = int(created)
-    milliseconds = int((created - seconds) * 1000)
-    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{milliseconds:03d}Z"
+    def _utc(self, created: float) -> str:
+        """`created` (Unix time) in ISO 8601, UTC, to the millisecond: 2026-12-01T05:16:00.123Z.
+        The date and time are made once a second (one tuple: safe across threads)."""
+        second, text = self._second
+        if int(created) != second:
+            second = int(created)
+            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = (second, text)
+        return f"{text}.{int((created - second) * 1000):03d}Z"
