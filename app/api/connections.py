@@ -18,7 +18,8 @@ A connection, with this class:
     after a refusal the rest of a refused body (uvicorn reads and drops it, app.api.middleware
                     DRAIN_BYTES) must arrive within `body_timeout_s`; then idle as above
 
-Past a deadline the answer is 408 with the JSON error body, and the connection is closed.
+Past a deadline the answer is 408 with the JSON error body, and the connection is closed; so
+is a request httptools cannot parse (400, where uvicorn answers in plain text).
 Past `max_connections` open, a new connection closes the one idle the longest (as nginx reuses
 idle keep-alive connections when it runs short); when none is idle, its request is answered
 503 `overloaded`, so slow clients cannot make the server run out of file descriptors.
@@ -114,6 +115,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._arm(self.body_timeout_s, self._late_rest_of_body)
         elif not self.pipeline:
             self._idle_since = self.loop.time()  # uvicorn's keep-alive timer runs
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn's answer to bytes httptools cannot parse (a malformed request line or header,
+        # Content-Length and Transfer-Encoding together, two lengths: what request smuggling
+        # uses) is plain text; this one is the app's error body. Closed after, as uvicorn does.
+        self._refuse(
+            HTTPStatus.BAD_REQUEST, "bad_request",
+            "the request is not valid HTTP (its request line, a header, or how its body "
+            "is framed: Content-Length, Transfer-Encoding)",
+        )  # fmt: skip
 
     def _idle(self) -> None:
         self._idle_since = self.loop.time()

@@ -60,6 +60,18 @@ def read_until_closed(sock: socket.socket, within: float = 10.0) -> tuple[bytes,
     return data, time.monotonic()
 
 
+def is_open(sock: socket.socket) -> bool:
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) != b""
+    except BlockingIOError:
+        return True  # nothing to read, not closed
+    except ConnectionResetError:
+        return False
+    finally:
+        sock.setblocking(True)
+
+
 def answer_of(sock: socket.socket, request: bytes) -> bytes:
     """One whole answer on a kept connection (the bodies here are small: one recv each)."""
     sock.sendall(request)
@@ -159,6 +171,26 @@ def test_past_the_cap_the_longest_idle_connection_makes_room(server: Server) -> 
         assert data == b""
     finally:
         for sock in idle:
+            sock.close()
+
+
+def test_a_flood_of_idle_keep_alive_connections_leaves_room_for_new_clients(
+    server: Server,
+) -> None:
+    flood: list[socket.socket] = []
+    try:
+        for _ in range(MAX_CONNECTIONS * 8):  # each asks once, then stays open, idle
+            sock = connect(server)
+            flood.append(sock)
+            assert answer_of(sock, HEALTH).startswith(b"HTTP/1.1 200 ")
+        for _ in range(MAX_CONNECTIONS * 2):  # every new client is answered
+            with connect(server) as new:
+                assert answer_of(new, HEALTH).startswith(b"HTTP/1.1 200 ")
+        time.sleep(0.2)
+        still_open = [sock for sock in flood if is_open(sock)]
+        assert len(still_open) < MAX_CONNECTIONS  # the rest were closed to make room
+    finally:
+        for sock in flood:
             sock.close()
 
 
