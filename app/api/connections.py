@@ -31,7 +31,7 @@ import asyncio
 import logging
 import resource
 from http import HTTPStatus
-from typing import Any
+from typing import Any, ClassVar
 
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -59,18 +59,22 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     header_timeout_s: float
     body_timeout_s: float
     max_connections: int
+    # The server's idle connections, the one idle the longest first (a dict keeps the order in
+    # which keys were added): the one to close is found at once, however many are open.
+    idle: ClassVar[dict[BoundedHttpToolsProtocol, None]]
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._deadline: asyncio.TimerHandle | None = None
         self._head_bytes: int | None = None  # of the request whose head is arriving
-        self._idle_since: float | None = self.loop.time()  # None: a request is under way
         self._arm(self.header_timeout_s, self._late_head)  # the first request's head
         if len(self.connections) > self.max_connections and not self._close_longest_idle():
             self.app = self._overloaded
+        self.idle[self] = None  # last: not the one closed to make room
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self.idle.pop(self, None)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -89,7 +93,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._unset_keepalive_if_required()  # a request is arriving: no longer idle
-        self._idle_since = None
+        self.idle.pop(self, None)
         self._head_bytes = 0
         if self._deadline is None:  # a later request (the first one's runs from connect)
             self._arm(self.header_timeout_s, self._late_head)
@@ -114,7 +118,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if discarding:  # each byte of it would stop uvicorn's keep-alive timer
             self._arm(self.body_timeout_s, self._late_rest_of_body)
         elif not self.pipeline:
-            self._idle_since = self.loop.time()  # uvicorn's keep-alive timer runs
+            self._mark_idle()  # uvicorn's keep-alive timer runs
 
     def send_400_response(self, msg: str) -> None:
         # uvicorn's answer to bytes httptools cannot parse (a malformed request line or header,
@@ -126,8 +130,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             "is framed: Content-Length, Transfer-Encoding)",
         )  # fmt: skip
 
+    def _mark_idle(self) -> None:
+        self.idle.pop(self, None)
+        self.idle[self] = None  # at the end: idle the shortest
+
     def _idle(self) -> None:
-        self._idle_since = self.loop.time()
+        self._mark_idle()
         self._unset_keepalive_if_required()
         self.timeout_keep_alive_task = self.loop.call_later(
             self.timeout_keep_alive, self.timeout_keep_alive_handler
@@ -174,17 +182,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _close_longest_idle(self) -> bool:
         """Close the connection idle the longest (not this one) to make room; False if none is
         idle. A client whose idle connection is closed opens a new one, as after keep-alive."""
-        idle = [
-            other
-            for other in self.connections
-            if isinstance(other, BoundedHttpToolsProtocol)
-            and other is not self
-            and other._idle_since is not None
-        ]
-        if not idle:
+        if not self.idle:
             return False
-        oldest = min(idle, key=lambda other: other._idle_since or 0.0)
-        oldest._idle_since = None  # closing: not to be chosen twice
+        oldest = next(iter(self.idle))
+        del self.idle[oldest]  # closing: not to be chosen twice
         oldest._disarm()
         oldest.transport.close()
         return True
@@ -212,6 +213,7 @@ def bounded_protocol(settings: Settings) -> type[BoundedHttpToolsProtocol]:
     allow_open_files(settings.max_connections + SPARE_FILES)
 
     class Bounded(BoundedHttpToolsProtocol):
+        idle: ClassVar[dict[BoundedHttpToolsProtocol, None]] = {}  # this server's
         header_timeout_s = settings.header_timeout_s
         body_timeout_s = settings.body_timeout_s
         max_connections = settings.max_connections
