@@ -28,6 +28,7 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.logging import DefaultFormatter
@@ -68,9 +69,10 @@ def with_uvicorn_access_line(app: ASGIApp) -> ASGIApp:
 
     async def logged(scope: Scope, receive: Receive, send: Send) -> None:
         await app(scope, receive, send)
+        http: Any = scope  # (uvicorn types its scopes apart)
         logger.info(
-            '%s - "%s %s HTTP/%s" %d', get_client_addr(scope), scope["method"],
-            get_path_with_query_string(scope), scope["http_version"], 200,
+            '%s - "%s %s HTTP/%s" %d', get_client_addr(http), scope["method"],
+            get_path_with_query_string(http), scope["http_version"], 200,
         )  # fmt: skip
 
     return logged
