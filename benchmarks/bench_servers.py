@@ -131,8 +131,10 @@ def stack_app(store: Path, name: str) -> FastAPI:
     return create_app(load_settings(model_store=store, model_name=name))
 
 
-def serve(app: Any, port: int) -> None:
-    """uvicorn with the options `nextword serve` passes it (app/serve_cli.py)."""
+def serve(app: Any, port: int, own_access_line: bool = False) -> None:
+    """uvicorn with the options `nextword serve` passes it (app/serve_cli.py). An app that
+    writes its `own_access_line` (the service's, app.api.telemetry) has uvicorn's turned off,
+    as `nextword serve` does; the others have uvicorn's: one line a request for every server."""
     import uvicorn
 
     from app.serve_cli import _log_config
@@ -143,6 +145,7 @@ def serve(app: Any, port: int) -> None:
         port=port,
         log_level="info",
         log_config=_log_config("info"),
+        access_log=not own_access_line,
         server_header=False,
     )
     uvicorn.Server(config).run()
@@ -161,7 +164,7 @@ def main() -> None:
     elif args.kind == "floor-model":
         serve(floor_model_app(), args.port)
     elif args.kind == "stack":
-        serve(stack_app(args.store, args.name), args.port)
+        serve(stack_app(args.store, args.name), args.port, own_access_line=True)
     else:
         serve(naive_app(args.store, args.name, args.version), args.port)
 
