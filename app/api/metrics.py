@@ -1,6 +1,7 @@
 """GET /metrics: what the server has done since it started, in the Prometheus text format.
 
-    nextword_requests_total{route,status}          counter    every answer, 5xx included
+    nextword_requests_total{route,status}          counter    every answer, 5xx included;
+                                                              499: the client went away first
     nextword_request_duration_seconds{route}       histogram  from the request's arrival to
                                                               its answer's last byte
     nextword_requests_in_flight                    gauge      requests being answered, as
@@ -55,6 +56,7 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)  # NEXTWORD_BATCH_MAX_SIZE <= 1024
 OTHER_ROUTE = "other"
+CLIENT_GONE = 499  # the status of a request never answered: its client went away first
 
 
 class Latency:
@@ -87,8 +89,9 @@ class RequestCounts:
 
 def is_refusal(status: int) -> bool:
     """A request the server would not or could not answer: every 4xx, and 503 (overloaded, no
-    model yet) and 504 (no answer in time). A 500 is a failure, not a refusal."""
-    return 400 <= status < 500 or status in (503, 504)
+    model yet) and 504 (no answer in time). A 500 is a failure, not a refusal, and neither is a
+    request whose client went away before its answer (CLIENT_GONE)."""
+    return (400 <= status < 500 and status != CLIENT_GONE) or status in (503, 504)
 
 
 class NextwordCollector(Collector):

@@ -30,7 +30,7 @@ from starlette.routing import BaseRoute, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.documented import documented
-from app.api.metrics import OTHER_ROUTE, RequestCounts, metrics_registry, router
+from app.api.metrics import CLIENT_GONE, OTHER_ROUTE, RequestCounts, metrics_registry, router
 from app.api.security import require_metrics_key
 from app.logs import REQUEST_ID
 from app.settings import Settings
@@ -74,7 +74,9 @@ class Telemetry:
         start = perf_counter()
         request_id = request_id_of(scope["headers"])
         id_header = (b"x-request-id", request_id.encode("ascii"))
-        status = 500  # if the app ends without answering
+        # Unless an answer starts: the client went away first (a failure is answered, 500, by
+        # ServerErrorMiddleware). 499 is how nginx logs it.
+        status = CLIENT_GONE
 
         async def send_with_id(message: Message) -> None:
             nonlocal status

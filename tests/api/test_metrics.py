@@ -3,6 +3,7 @@ process (the lifespan run, the tiny model served); X-Request-ID on every answer.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 import shutil
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
+from starlette.types import Message
 from support.fakes import FakeBackend
 from support.metrics import Scrape
 from support.models import TinyModel
@@ -254,3 +256,27 @@ def test_every_answer_carries_a_request_id_of_its_own(
 
 def _json() -> dict[str, str]:
     return {"Content-Type": "application/json"}
+
+
+def test_a_request_whose_client_went_away_is_counted_as_499_not_as_refused(
+    fake_client: TestClient,
+) -> None:
+    async def gone() -> Message:
+        return {"type": "http.disconnect"}  # before its body arrived
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "http_version": "1.1", "method": "POST", "path": "/predict",
+        "raw_path": b"/predict", "query_string": b"", "scheme": "http", "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"100")],
+        "server": ("test", 80), "client": ("test", 1),
+    }  # fmt: skip
+    asyncio.run(asyncio.wait_for(fake_client.app(scope, gone, send), 10))
+    assert sent == []  # nobody to answer
+    metrics = scrape(fake_client)
+    assert metrics.total("nextword_requests_total", route="/predict", status="499") == 1
+    assert metrics.matching("nextword_refusals_total") == []
