@@ -48,6 +48,8 @@ logger = logging.getLogger("nextword")
 HEAD_BYTES = 4 * MAX_HEADER_BYTES
 # Answered even past `max_connections` (as app.api.app exempts them from InFlightLimit).
 PROBES = frozenset({"/health", "/ready"})
+# How long a connection past `max_connections`, none idle, has to send its request's head.
+OVERLOADED_HEAD_S = 1.0
 # File descriptors the server needs besides its client connections (model files, the model
 # process's pipes, the listening socket, logs).
 SPARE_FILES = 64
@@ -69,7 +71,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes: int | None = None  # of the request whose head is arriving
         self._arm(self.header_timeout_s, self._late_head)  # the first request's head
         if len(self.connections) > self.max_connections and not self._close_longest_idle():
+            # Only to be told 503: its head has a second, so that connections past the limit
+            # cannot pile up until the server runs out of file descriptors.
             self.app = self._overloaded
+            self._arm(min(OVERLOADED_HEAD_S, self.header_timeout_s), self._late_head)
         self.idle[self] = None  # last: not the one closed to make room
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -20,7 +20,7 @@ from app.api.connections import HEAD_BYTES
 
 pytestmark = pytest.mark.slow
 
-HEADER_TIMEOUT_S = 1.5
+HEADER_TIMEOUT_S = 3.0
 BODY_TIMEOUT_S = 1.5
 KEEP_ALIVE_S = 1
 MAX_CONNECTIONS = 8
@@ -207,6 +207,10 @@ def test_past_the_cap_with_none_idle_a_request_gets_503(server: Server) -> None:
         assert b'"error":"overloaded"' in answer and b"retry-after: 1" in answer
         with connect(server) as probe:  # the probes are answered all the same
             assert answer_of(probe, HEALTH).startswith(b"HTTP/1.1 200 ")
+        with connect(server) as silent:  # past the limit, a second to send a request
+            opened = time.monotonic()
+            data, closed = read_until_closed(silent)
+        assert data == b"" and closed - opened < HEADER_TIMEOUT_S - 1, closed - opened
         for sock in busy:  # and the busy ones end at their body deadline, as before
             assert read_until_closed(sock)[0].startswith(b"HTTP/1.1 408 ")
     finally:
