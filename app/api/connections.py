@@ -10,19 +10,20 @@ keep-alive timer only starts after a first response, and each byte received stop
 
 A connection, with this class:
 
-    opened          its first request's headers must be complete within `header_timeout_s`
+    opened              its first request's head must be complete within `header_timeout_s`
     between requests    idle for uvicorn's keep-alive time at most; once a request's first
-                    byte arrives, its headers must be complete within `header_timeout_s`
-    reading headers more than HEAD_BYTES of request line and headers: 431, closed
-    the app runs    the app's deadlines (body, prediction) apply, not these
-    after a refusal the rest of a refused body (uvicorn reads and drops it, app.api.middleware
-                    DRAIN_BYTES) must arrive within `body_timeout_s`; then idle as above
+                        byte arrives, its head must be complete within `header_timeout_s`
+    reading a head      more than HEAD_BYTES of request line and headers: 431, closed
+    the app runs        the app's deadlines (body, prediction) apply, not these
+    after a refusal     the rest of a refused body (uvicorn reads and drops it: DRAIN_BYTES in
+                        app.api.middleware) must arrive within `body_timeout_s`; then idle
 
 Past a deadline the answer is 408 with the JSON error body, and the connection is closed; so
 is a request httptools cannot parse (400, where uvicorn answers in plain text).
 Past `max_connections` open, a new connection closes the one idle the longest (as nginx reuses
-idle keep-alive connections when it runs short); when none is idle, its request is answered
-503 `overloaded`, so slow clients cannot make the server run out of file descriptors.
+idle keep-alive connections when it runs short); when none is idle, it has OVERLOADED_HEAD_S to
+send a request, answered 503 `overloaded`: slow clients cannot make the server run out of file
+descriptors.
 """
 
 from __future__ import annotations
