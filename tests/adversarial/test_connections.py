@@ -16,6 +16,7 @@ import pytest
 from support.models import TinyModel
 from support.server import Server, serving
 
+from app.api import connections
 from app.api.connections import HEAD_BYTES
 
 pytestmark = pytest.mark.slow
@@ -240,3 +241,26 @@ def test_sigterm_with_slow_clients_still_drains_and_exits_0(
     assert answers[0] == answers[1] == b""  # no request under way: closed at once
     assert answers[2].startswith(b"HTTP/1.1 408 "), answers[2]
     assert "Traceback" not in running.output()
+
+
+@pytest.mark.parametrize(
+    ("limits", "raised_to", "warned"),
+    [
+        ((512, 20_000), 1_088, False),  # raised to what the cap needs
+        ((512, 600), 600, True),  # as far as the hard limit allows, and said so
+        ((4_096, 20_000), None, False),  # enough already: left alone
+    ],
+)
+def test_the_open_files_limit_is_raised_to_fit_the_cap(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    limits: tuple[int, int],
+    raised_to: int | None,
+    warned: bool,
+) -> None:
+    set_to: list[tuple[int, int]] = []
+    monkeypatch.setattr(connections.resource, "getrlimit", lambda _: limits)
+    monkeypatch.setattr(connections.resource, "setrlimit", lambda _, value: set_to.append(value))
+    connections.allow_open_files(1_088)
+    assert set_to == ([] if raised_to is None else [(raised_to, limits[1])])
+    assert ("NEXTWORD_MAX_CONNECTIONS to 536 or less" in caplog.text) == warned
