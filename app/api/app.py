@@ -7,7 +7,8 @@ body names. A model that cannot be loaded stops the start-up with a one-line mes
 file and the fix. Run it with `nextword serve`, or with `uvicorn --factory
 app.api.app:create_app`.
 
-Requests pass through, outermost first:
+Requests pass through, outermost first (below them all, `nextword serve` bounds each
+connection: headers' time and size, connections open; app.api.connections):
 
     Telemetry       X-Request-ID, the time, the metrics (GET /metrics) and the access line
                     (app.api.telemetry); outside even Starlette's own layers

@@ -47,8 +47,9 @@ logger = logging.getLogger("nextword")
 # (MAX_HEADER_BYTES of names and values, 431 once they are complete) and a long URL; past it the
 # head is refused while it is still arriving, before it costs more memory.
 HEAD_BYTES = 4 * MAX_HEADER_BYTES
-# Answered even past `max_connections` (as app.api.app exempts them from InFlightLimit).
-PROBES = frozenset({"/health", "/ready"})
+# Answered even past `max_connections`, as they pass InFlightLimit (app.api.app): the probes,
+# and the view of an overload.
+EXEMPT = frozenset({"/health", "/ready", "/metrics"})
 # How long a connection past `max_connections`, none idle, has to send its request's head.
 OVERLOADED_HEAD_S = 1.0
 # File descriptors the server needs besides its client connections (model files, the model
@@ -198,9 +199,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     async def _overloaded(self, scope: Scope, receive: Receive, send: Send) -> None:
         # This connection's request, answered in place of the app's: every other connection is
-        # busy. Closed after, so that it does not count against the limit any longer. The
-        # probes pass, as they pass InFlightLimit: they must keep saying the process is alive.
-        if scope["type"] == "http" and scope["path"] in PROBES:
+        # busy. Closed after, so that it does not count against the limit any longer. EXEMPT
+        # paths pass: the probes must keep saying the process is alive.
+        if scope["type"] == "http" and scope["path"] in EXEMPT:
             await self.config.loaded_app(scope, receive, send)
             return
         response = error_json(
