@@ -42,6 +42,17 @@ def _add_train(commands: Any) -> None:
     parser.add_argument("train_file", nargs="?", help="training text (UTF-8, a sentence a line)")
     parser.add_argument("--recipe", type=Path, help="TOML file of settings (see recipes/)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--workers",
+        help="host:port of every worker, comma-separated, in index order: train on several "
+        "machines with tf.distribute.MultiWorkerMirroredStrategy (without these two flags, a "
+        "TF_CONFIG in the environment is used)",
+    )
+    parser.add_argument(
+        "--worker-index",
+        type=int,
+        help="this process's index in --workers (0, the chief, evaluates and saves the version)",
+    )
     defaults = TrainConfig()
     for item in fields(TrainConfig):
         if item.name == "train":
@@ -63,6 +74,9 @@ def _run_train(args: argparse.Namespace) -> int:
     overrides = {f.name: getattr(args, f.name, None) for f in fields(TrainConfig)}
     overrides["train"] = args.train_file
     config = make_config(args.recipe, **overrides)
+    from app.training.cluster import cluster_from  # no TensorFlow import
+
+    cluster = cluster_from(args.worker_index, args.workers)
     # Checked before TensorFlow loads (seconds) so a bad call fails at once.
     for name in ("train", "valid", "test"):
         value = getattr(config, name)
@@ -74,7 +88,7 @@ def _run_train(args: argparse.Namespace) -> int:
     _quiet_tensorflow()
     from app.training.job import run_training
 
-    run_training(config, verbose=not args.quiet)
+    run_training(config, verbose=not args.quiet, cluster=cluster)
     return 0
 
 
@@ -227,11 +241,16 @@ def main(argv: list[str] | None = None) -> int:
 
     runners.update(serve_cli.RUNNERS)
     runners.update(cache_cli.RUNNERS)
+    from app.training.cluster import WorkerError  # no TensorFlow import
+
     try:
         return runners[args.command](args)
     except KeyboardInterrupt:
         print("nextword: interrupted; nothing was saved", file=sys.stderr)
         return 130
+    except WorkerError as error:  # a training worker lost the others: not a usage error
+        print(f"nextword: error: {error}", file=sys.stderr)
+        return 1
     except (ValueError, OSError) as error:
         print(f"nextword: error: {error}", file=sys.stderr)
         return EXIT_USAGE

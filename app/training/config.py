@@ -55,7 +55,18 @@ class TrainConfig:
     early_stop_patience: int = 3
     min_learning_rate: float = 1e-6  # stop once the learning rate decays below this
     max_minutes: float = 0.0  # no epoch is started that would end past this (0: no limit)
+    # Stop after this many training windows in all, mid-epoch if need be (0: no limit): a short
+    # run on a large corpus. The last epoch is then validated and recorded as it stands.
+    max_windows: int = 0
     seed: int = 1234
+    # --- checkpoints and multi-worker training (see app.training.checkpoints, .distributed) ---
+    # Folder of this run's checkpoints; empty: <store>/<name>/.checkpoints/<run fingerprint>.
+    # A run started again with the same settings and corpus resumes from the last one.
+    checkpoint_dir: str = ""
+    # Also save a checkpoint every this many windows (0: at the end of each epoch only).
+    checkpoint_every: int = 500
+    # Seconds a worker waits for the others (to join, then at each step) before it fails.
+    worker_timeout: float = 300.0
     # --- output ---
     store: str = "model_store"
     name: str = "default"
@@ -98,6 +109,9 @@ class TrainConfig:
             ("early_stop_patience", self.early_stop_patience >= 1, "at least 1"),
             ("min_learning_rate", self.min_learning_rate >= 0, "0 or more"),
             ("max_minutes", self.max_minutes >= 0, "0 or more"),
+            ("max_windows", self.max_windows >= 0, "0 or more"),
+            ("checkpoint_every", self.checkpoint_every >= 0, "0 or more"),
+            ("worker_timeout", self.worker_timeout > 0, "positive"),
         ]
         for name, ok, expected in checks:
             if not ok:

@@ -1,7 +1,12 @@
-"""Corpus input: text files -> lines -> one id stream per split -> batches for truncated BPTT."""
+"""Corpus input: text files -> lines -> one id stream per split -> batches for truncated BPTT.
+
+Files are read a line at a time, never whole: a corpus may be larger than memory (see
+app.training.stream for the ids on disk).
+"""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,71 +18,103 @@ class CorpusError(ValueError):
     """A corpus that cannot be trained on; the message names the file."""
 
 
-def read_lines(path: Path) -> list[str]:
-    """The lines of a UTF-8 text file, refusing missing, non-UTF-8 and empty files."""
+def iter_lines(path: Path) -> Iterator[str]:
+    """The non-blank lines of a UTF-8 text file, read a line at a time (memory does not grow
+    with the file), refusing missing, non-UTF-8 and empty files.
+
+    Lines are cut as str.splitlines() cuts them: the file is read up to each b"\n" (a byte
+    that never occurs inside a UTF-8 sequence) and each piece split again.
+    """
     if not path.exists():
         raise CorpusError(f"corpus file {path} does not exist")
     if not path.is_file():
         raise CorpusError(f"corpus file {path} is not a regular file")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise CorpusError(
-            f"corpus file {path} is not UTF-8 (bad byte at offset {error.start}): "
-            "convert it, e.g. with `iconv -t utf-8`"
-        ) from None
-    lines = [line for line in text.splitlines() if line.strip()]
-    if not lines:
+    offset = 0
+    empty = True
+    with path.open("rb") as handle:
+        for raw in handle:
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise CorpusError(
+                    f"corpus file {path} is not UTF-8 (bad byte at offset "
+                    f"{offset + error.start}): convert it, e.g. with `iconv -t utf-8`"
+                ) from None
+            offset += len(raw)
+            for line in text.splitlines():
+                if line.strip():
+                    empty = False
+                    yield line
+    if empty:
         raise CorpusError(f"corpus file {path} is empty")
-    return lines
+
+
+def read_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file, refusing missing, non-UTF-8 and empty files."""
+    return list(iter_lines(path))
+
+
+@dataclass(frozen=True)
+class Part:
+    """Lines `first` to `stop` (0-based, non-blank lines only; stop None: to the end) of a file."""
+
+    path: Path
+    first: int = 0
+    stop: int | None = None
+
+    def lines(self) -> Iterator[str]:
+        return itertools.islice(iter_lines(self.path), self.first, self.stop)
 
 
 @dataclass(frozen=True)
 class Splits:
-    train: list[str]
-    valid: list[str]
-    test: list[str] | None
+    train: Part
+    valid: Part
+    test: Part | None
     # Where each split came from, for the manifest.
     sources: dict[str, str]
 
 
-def load_splits(
+def plan_splits(
     train: Path, valid: Path | None = None, test: Path | None = None, holdout: float = 0.05
 ) -> Splits:
-    """Read train/valid/test files, or cut valid and test from the end of one training file.
+    """Where train/valid/test are: their own files, or valid and test cut from the end of one
+    training file (one pass counts its lines; no split is read into memory here).
 
     The cut is by whole lines and contiguous (train, then valid, then test), so it is the same on
     every run and each split is running text, as truncated BPTT and perplexity expect.
     """
-    train_lines = read_lines(train)
     if valid is not None:
+        for path in (train, valid, test):
+            if path is not None:
+                next(iter_lines(path))  # refuse a missing or empty file before any long pass
         return Splits(
-            train_lines,
-            read_lines(valid),
-            read_lines(test) if test is not None else None,
+            Part(train),
+            Part(valid),
+            Part(test) if test is not None else None,
             {"train": str(train), "valid": str(valid), "test": str(test) if test else ""},
         )
     if test is not None:
         raise CorpusError("a test file needs a validation file too (or give neither)")
     if not 0.0 < holdout < 0.5:
         raise CorpusError(f"holdout must be between 0 and 0.5, not {holdout}")
-    held = max(1, round(len(train_lines) * holdout))
-    if len(train_lines) < 2 * held + 1:
+    count = sum(1 for _ in iter_lines(train))
+    held = max(1, round(count * holdout))
+    if count < 2 * held + 1:
         raise CorpusError(
-            f"corpus file {train} has {len(train_lines)} lines: too few to hold out "
+            f"corpus file {train} has {count} lines: too few to hold out "
             "validation and test lines; give --valid and --test files or more text"
         )
-    cut = len(train_lines) - 2 * held
+    cut = count - 2 * held
     description = f"{train} lines"
     return Splits(
-        train_lines[:cut],
-        train_lines[cut : cut + held],
-        train_lines[cut + held :],
+        Part(train, 0, cut),
+        Part(train, cut, cut + held),
+        Part(train, cut + held),
         {
             "train": f"{description} 1-{cut}",
             "valid": f"{description} {cut + 1}-{cut + held}",
-            "test": f"{description} {cut + held + 1}-{len(train_lines)}",
+            "test": f"{description} {cut + held + 1}-{count}",
         },
     )
 

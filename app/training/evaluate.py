@@ -92,6 +92,11 @@ def evaluate_ids(model: Any, ids: np.ndarray, hidden_units: int, scorer: Any = N
 
 def unigram_perplexity(train_ids: np.ndarray, eval_ids: np.ndarray, vocab_size: int) -> float:
     """Perplexity of the add-one unigram model of the training split: the baseline to beat."""
-    counts = np.bincount(train_ids, minlength=vocab_size).astype(np.float64) + 1.0
+    return unigram_perplexity_of_counts(np.bincount(train_ids, minlength=vocab_size), eval_ids)
+
+
+def unigram_perplexity_of_counts(train_counts: np.ndarray, eval_ids: np.ndarray) -> float:
+    """The same from the (vocab,) counts of the training ids (counted as they were written)."""
+    counts = train_counts.astype(np.float64) + 1.0
     log_probs = np.log(counts / counts.sum())
     return float(math.exp(-log_probs[eval_ids[1:]].mean()))

@@ -1,9 +1,13 @@
 """The training loop: truncated BPTT over contiguous text with the state carried across windows.
 
 Per epoch: reset the state, run every window of the batched training streams through one compiled
-step (forward, cross-entropy, gradients, global-norm clip, update), then measure exact validation
-perplexity. The learning rate decays when validation stops improving; training stops early after
-`early_stop_patience` epochs without improvement, and the best weights are restored at the end.
+step (app.training.steps: forward, cross-entropy, gradients, global-norm clip, update), then
+measure exact validation perplexity. The learning rate decays when validation stops improving;
+training stops early after `early_stop_patience` epochs without improvement, and the best weights
+are restored at the end.
+
+The same loop runs in one process or as one worker of several (app.training.distributed), and
+saves checkpoints it resumes from after a crash (app.training.checkpoints).
 """
 
 from __future__ import annotations
@@ -12,16 +16,21 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from app.training.checkpoints import Progress, TrainingCheckpoint
+from app.training.cluster import Cluster
 from app.training.config import TrainConfig
-from app.training.corpus import batchify, window_count, windows
+from app.training.distributed import Distribution, weights_digest
 from app.training.evaluate import evaluate_ids, make_scorer
-from app.training.model import ModelConfig, build_model, features_model, output_weights
+from app.training.model import ModelConfig, build_model
+from app.training.steps import WeightAverage, make_optimizer, make_train_step
+from app.training.stream import TokenFile, window_batches
 
 
 @dataclass
@@ -47,7 +56,7 @@ class TrainResult:
 
 
 def check_trainable(
-    train_ids: np.ndarray, valid_ids: np.ndarray, vocab_size: int, config: TrainConfig
+    train_ids: np.ndarray | TokenFile, valid_ids: np.ndarray, vocab_size: int, config: TrainConfig
 ) -> None:
     """Refuse corpora too small for one training batch, before anything is built or written."""
     needed = config.batch_size * (config.bptt + 1)
@@ -66,90 +75,59 @@ def check_trainable(
         )
 
 
-def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
-    if config.optimizer == "sgd":
-        return keras.optimizers.SGD(learning_rate=config.learning_rate)
-    if config.optimizer == "adamw":
-        return keras.optimizers.AdamW(
-            learning_rate=config.learning_rate, weight_decay=config.weight_decay
-        )
-    return keras.optimizers.Adam(learning_rate=config.learning_rate)
-
-
-def make_training_loss(
-    model: keras.Model, model_config: ModelConfig, config: TrainConfig
-) -> Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
-    """(tokens, targets, state) -> (mean loss, final state), in training mode, to be traced.
-
-    "full": cross-entropy of the whole softmax. "sampled": tf.nn.sampled_softmax_loss over the
-    output layer's weights and bias; its default log-uniform sampler fits because token ids are
-    ranked by training frequency. It estimates the full loss (lower than it) at a fraction of
-    the cost of the (batch, time, vocab) logits.
-    """
-    if config.softmax == "full":
-
-        def full(tokens: tf.Tensor, targets: tf.Tensor, state: tf.Tensor) -> Any:
-            logits, final_state = model([tokens, state], training=True)  # (batch, time, vocab)
-            losses = tf.nn.sparse_softmax_cross_entropy_with_logits(targets, logits)
-            return tf.reduce_mean(losses), final_state
-
-        return full
-
-    features_of = features_model(model, model_config)
-
-    def sampled(tokens: tf.Tensor, targets: tf.Tensor, state: tf.Tensor) -> Any:
-        features, final_state = features_of([tokens, state], training=True)  # (batch, time, f)
-        weights, bias = output_weights(model, model_config)  # (vocab, f), (vocab,)
-        losses = tf.nn.sampled_softmax_loss(
-            weights=tf.convert_to_tensor(weights),
-            biases=tf.convert_to_tensor(bias),
-            labels=tf.reshape(tf.cast(targets, tf.int64), (-1, 1)),  # (batch * time, 1)
-            inputs=tf.reshape(features, (-1, features.shape[-1])),  # (batch * time, f)
-            num_sampled=config.sampled_words,
-            num_classes=model_config.vocab_size,
-        )
-        return tf.reduce_mean(losses), final_state
-
-    return sampled
-
-
-class WeightAverage:
-    """Exponential moving average of the weights, swapped in for evaluation and saving.
-
-    The decay ramps up as min(decay, (1 + t) / (10 + t)) so the average does not remember the
-    random initial weights (the same warm-up as tf.train.ExponentialMovingAverage).
-    """
-
-    def __init__(self, variables: list[Any], decay: float) -> None:
-        self.variables = variables
-        self.decay = decay
-        self.averages = [tf.Variable(v, trainable=False) for v in variables]
-        self.updates = tf.Variable(0.0, trainable=False)
-
-    def update(self) -> None:
-        """Called inside the compiled training step, after the optimizer."""
-        self.updates.assign_add(1.0)
-        decay = tf.minimum(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
-        for average, variable in zip(self.averages, self.variables, strict=True):
-            average.assign(decay * average + (1.0 - decay) * variable)
-
-    def swap(self) -> None:
-        """Exchange live and averaged weights (call twice to undo)."""
-        for average, variable in zip(self.averages, self.variables, strict=True):
-            live = tf.identity(variable)
-            variable.assign(average)
-            average.assign(live)
+def stop_reason(
+    progress: Progress, config: TrainConfig, learning_rate: float, minutes: float
+) -> str:
+    """Why training stops after the epoch just recorded ("" to go on); `minutes`: when the
+    next epoch would end, guessing that it takes as long as the last one."""
+    if progress.epochs_without_gain >= config.early_stop_patience:
+        return f"no gain in validation perplexity for {progress.epochs_without_gain} epochs"
+    if learning_rate < config.min_learning_rate:
+        return "learning rate fell below min_learning_rate"
+    # Stop before an epoch that would end past the budget, so that max_minutes is a ceiling,
+    # not a starting line.
+    if config.max_minutes and minutes > config.max_minutes:
+        return f"time budget of {config.max_minutes:g} minutes reached"
+    if progress.epoch == config.epochs:
+        return f"all {config.epochs} epochs done"
+    return ""
 
 
 def train(
-    train_ids: np.ndarray,
+    train_ids: np.ndarray | TokenFile,
     valid_ids: np.ndarray,
     vocab_size: int,
     config: TrainConfig,
     log: Callable[[str], None] = print,
     verbose: bool = True,
+    cluster: Cluster | None = None,
+    checkpoints: tuple[Path, str] | None = None,
 ) -> TrainResult:
+    """Train on `train_ids` (in memory, or a token file streamed from disk).
+
+    `cluster`: train as one worker of it (None: one process). `checkpoints`: (folder, run
+    fingerprint) to save checkpoints into and resume from (None: no checkpoints).
+    """
     check_trainable(train_ids, valid_ids, vocab_size, config)
+    distribution = Distribution(cluster, config.batch_size, config.worker_timeout)
+    try:
+        with distribution.lost_peers_fail():
+            arguments = (train_ids, valid_ids, vocab_size, config, log, verbose)
+            return _train(*arguments, distribution, checkpoints)
+    finally:
+        distribution.close()
+
+
+def _train(
+    train_ids: np.ndarray | TokenFile,
+    valid_ids: np.ndarray,
+    vocab_size: int,
+    config: TrainConfig,
+    log: Callable[[str], None],
+    verbose: bool,
+    distribution: Distribution,
+    checkpoints: tuple[Path, str] | None,
+) -> TrainResult:
     keras.utils.set_random_seed(config.seed)
     model_config = ModelConfig(
         vocab_size=vocab_size,
@@ -160,122 +138,157 @@ def train(
         tied=config.tied,
         init_scale=config.init_scale,
     )
-    model = build_model(model_config, seed=config.seed)
-    optimizer = make_optimizer(config)
-    variables = model.trainable_variables
-    optimizer.build(variables)
-    clip_norm = tf.constant(config.clip_norm, tf.float32)
-    average = WeightAverage(variables, config.ema_decay) if config.ema_decay else None
+    with distribution.scope():
+        model = build_model(model_config, seed=config.seed)
+        optimizer = make_optimizer(config)
+        optimizer.build(model.trainable_variables)
+        average = None
+        if config.ema_decay:
+            average = WeightAverage(model.trainable_variables, config.ema_decay)
+        strategy = distribution.strategy
+        train_step = make_train_step(model, model_config, optimizer, average, config, strategy)
 
-    training_loss = make_training_loss(model, model_config, config)
-
-    @tf.function(jit_compile=False)
-    def train_step(tokens: tf.Tensor, targets: tf.Tensor, state: tf.Tensor) -> Any:
-        with tf.GradientTape() as tape:
-            loss, final_state = training_loss(tokens, targets, state)
-        gradients = tape.gradient(loss, variables)
-        # The sampled loss leaves the output weights a sparse gradient whose rows can repeat;
-        # summed into a dense one first, the global-norm clip and Adam see each word once.
-        gradients = [tf.convert_to_tensor(gradient) for gradient in gradients]
-        gradients, _ = tf.clip_by_global_norm(gradients, clip_norm)
-        optimizer.apply(gradients, variables)
-        if average is not None:
-            average.update()
-        return loss, final_state
-
-    streams = batchify(train_ids, config.batch_size)  # (batch, steps)
-    steps_per_epoch = window_count(streams, config.bptt)
-    tokens_per_step = config.batch_size * config.bptt
+    rows = distribution.rows
+    steps_per_epoch = max(0, (len(train_ids) // config.batch_size - 1) // config.bptt)
+    tokens_per_step = config.batch_size * config.bptt  # the global batch
     scorer = make_scorer(model)
-    result = TrainResult(model=model, model_config=model_config)
-    best_perplexity = math.inf
+    progress = Progress(fingerprint=checkpoints[1] if checkpoints else "")
     best_weights = model.get_weights()
-    epochs_without_gain = 0
-    started = time.perf_counter()
-    trained_tokens = 0
-    train_time = 0.0
+    saver, resumed_state = None, None
+    if checkpoints is not None:
+        worker = None if distribution.is_chief else distribution.index
+        shape = (config.batch_size, config.hidden_units)
+        saver = TrainingCheckpoint.of_training(
+            *checkpoints, model, optimizer, average, best_weights, shape, worker
+        )
+        restored = saver.restore()
+        if restored is not None:
+            progress, full_state, best_weights = restored
+            resumed_state = distribution.local_state(full_state)
+            log(
+                f"resumed from the checkpoint in {checkpoints[0]}: epoch {progress.epoch}, "
+                f"window {progress.window} of {steps_per_epoch}"
+            )
+        distribution.check_same_checkpoint(progress.epoch, progress.window, checkpoints[0])
+    distribution.describe_batch(config.batch_size, config.bptt, config.learning_rate, log)
+    result = TrainResult(model=model, model_config=model_config)
+    result.history = [EpochRecord(**record) for record in progress.history]  # type: ignore[arg-type]
+    started = time.perf_counter() - progress.wall_seconds
+
+    def save(state: tf.Tensor) -> None:
+        if saver is None:
+            return
+        full_state = distribution.gather_state(state)
+        progress.wall_seconds = time.perf_counter() - started
+        path = saver.save(progress, full_state, best_weights)
+        if distribution.is_chief:  # the others write a scratch copy
+            log(f"checkpoint: epoch {progress.epoch} window {progress.window} -> {path}")
 
     # The sampled loss estimates the full one from below: say so beside its perplexity.
     train_note = " (sampled loss)" if config.softmax == "sampled" else ""
-    for epoch in range(1, config.epochs + 1):
+    while progress.epoch <= config.epochs and not progress.stop_reason:
+        epoch = progress.epoch
         learning_rate = float(optimizer.learning_rate.numpy())
         if verbose:
             log(f"epoch {epoch}/{config.epochs}  learning rate {learning_rate:.3g}")
         bar = keras.utils.Progbar(steps_per_epoch, verbose=1 if verbose else 0, unit_name="window")
-        state = tf.zeros((config.batch_size, config.hidden_units))
+        state = tf.zeros((len(rows), config.hidden_units))
+        if resumed_state is not None:
+            state, resumed_state = resumed_state, None
+        first = progress.window
         epoch_start = time.perf_counter()
-        loss_sum = 0.0
-        for step, (tokens, targets) in enumerate(windows(streams, config.bptt), start=1):
-            loss, state = train_step(tf.constant(tokens), tf.constant(targets), state)
-            loss_sum += float(loss)
+        for tokens, targets in window_batches(
+            train_ids, config.batch_size, config.bptt, rows, first
+        ):
+            distribution.pet()
+            loss, state = train_step(tokens, targets, state)
+            progress.loss_sum += float(loss)
+            progress.window += 1
+            progress.windows_trained += 1
+            step = progress.window
             if step % 20 == 0 or step == steps_per_epoch:
-                elapsed = time.perf_counter() - epoch_start
+                elapsed = progress.epoch_seconds + time.perf_counter() - epoch_start
                 bar.update(
                     step,
                     values=[
-                        ("ppl", math.exp(loss_sum / step)),
+                        ("ppl", math.exp(progress.loss_sum / step)),
                         ("tok/s", step * tokens_per_step / elapsed),
                     ],
                     finalize=step == steps_per_epoch,
                 )
-        epoch_seconds = time.perf_counter() - epoch_start
-        train_time += epoch_seconds
-        trained_tokens += steps_per_epoch * tokens_per_step
+            if progress.windows_trained == config.max_windows:
+                progress.stop_reason = f"max_windows ({config.max_windows}) reached"
+                break
+            every = config.checkpoint_every
+            if every and step % every == 0 and step < steps_per_epoch:
+                progress.epoch_seconds += time.perf_counter() - epoch_start
+                save(state)  # not counted as training time
+                epoch_start = time.perf_counter()
+        epoch_seconds = progress.epoch_seconds + time.perf_counter() - epoch_start
+        windows_done = progress.window
+        distribution.rest()
         if average is not None:
             average.swap()  # evaluate (and keep, if best) the averaged weights
         eval_start = time.perf_counter()
         valid = evaluate_ids(model, valid_ids, config.hidden_units, scorer)
         eval_seconds = time.perf_counter() - eval_start
-        snapshot = model.get_weights() if valid.perplexity < best_perplexity else None
+        distribution.pet()
+        # The chief's figures on every worker, so that all take the same decisions.
+        valid_perplexity, epoch_seconds, eval_seconds, minutes = distribution.agree(
+            [valid.perplexity, epoch_seconds, eval_seconds, (time.perf_counter() - started) / 60]
+        )
+        snapshot = model.get_weights() if valid_perplexity < progress.best_perplexity else None
         if average is not None:
             average.swap()
-        train_loss = loss_sum / steps_per_epoch
+        train_loss = progress.loss_sum / windows_done
         record = EpochRecord(
             epoch=epoch,
             learning_rate=learning_rate,
             train_loss=train_loss,
             train_perplexity=math.exp(train_loss),
-            valid_perplexity=valid.perplexity,
+            valid_perplexity=valid_perplexity,
             seconds=epoch_seconds,
-            tokens_per_second=steps_per_epoch * tokens_per_step / epoch_seconds,
+            tokens_per_second=windows_done * tokens_per_step / epoch_seconds,
         )
         result.history.append(record)
+        progress.history.append(vars(record))
+        progress.train_seconds += epoch_seconds
         if verbose:
             log(
                 f"epoch {epoch}: train ppl {record.train_perplexity:.2f}{train_note}  valid ppl "
-                f"{valid.perplexity:.2f}  {epoch_seconds:.0f} s  "
+                f"{valid_perplexity:.2f}  {epoch_seconds:.0f} s  "
                 f"{record.tokens_per_second:.0f} tokens/s  (validation {eval_seconds:.0f} s)"
             )
         if snapshot is not None:
-            best_perplexity = valid.perplexity
+            progress.best_perplexity = valid_perplexity
             best_weights = snapshot
-            result.best_epoch = epoch
-            epochs_without_gain = 0
+            progress.best_epoch = epoch
+            progress.epochs_without_gain = 0
         else:
-            epochs_without_gain += 1
-            if epochs_without_gain > config.plateau_patience:
+            progress.epochs_without_gain += 1
+            if progress.epochs_without_gain > config.plateau_patience:
                 optimizer.learning_rate.assign(learning_rate * config.lr_decay)
-        if epochs_without_gain >= config.early_stop_patience:
-            result.stop_reason = (
-                f"no gain in validation perplexity for {epochs_without_gain} epochs"
-            )
-            break
-        if float(optimizer.learning_rate.numpy()) < config.min_learning_rate:
-            result.stop_reason = "learning rate fell below min_learning_rate"
-            break
-        minutes = (time.perf_counter() - started) / 60
-        # Stop before an epoch that would end past the budget (the last one is the best guess
-        # of how long the next takes), so that max_minutes is a ceiling, not a starting line.
-        next_epoch_minutes = (epoch_seconds + eval_seconds) / 60
-        if config.max_minutes and minutes + next_epoch_minutes > config.max_minutes:
-            result.stop_reason = f"time budget of {config.max_minutes:g} minutes reached"
-            break
-    else:
-        result.stop_reason = f"all {config.epochs} epochs done"
+        minutes += (epoch_seconds + eval_seconds) / 60  # when the next epoch would end
+        learning_rate = float(optimizer.learning_rate.numpy())
+        progress.stop_reason = progress.stop_reason or stop_reason(
+            progress, config, learning_rate, minutes
+        )
+        progress.epoch, progress.window, progress.loss_sum = epoch + 1, 0, 0.0
+        progress.epoch_seconds = 0.0
+        save(state)
 
     model.set_weights(best_weights)
-    result.train_seconds = train_time
-    result.train_tokens_per_second = trained_tokens / train_time if train_time else 0.0
+    result.best_epoch = progress.best_epoch
+    result.stop_reason = progress.stop_reason
+    result.train_seconds = progress.train_seconds
+    trained_tokens = progress.windows_trained * tokens_per_step
+    if result.train_seconds:
+        result.train_tokens_per_second = trained_tokens / result.train_seconds
     if verbose:
         log(f"stopped: {result.stop_reason}; best epoch {result.best_epoch}")
+    if distribution.cluster is not None:
+        log(f"{distribution.cluster.describe()}: final weights sha256 {weights_digest(model)}")
+        # A plain copy, outside the strategy: evaluation and saving need no other worker.
+        result.model = build_model(model_config, seed=config.seed)
+        result.model.set_weights(model.get_weights())
     return result
