@@ -69,7 +69,12 @@ class Distribution:
             f"{timeout:g} s: start every worker with the same --workers list (or TF_CONFIG "
             "cluster) and check that each can reach the others' host:port",
         )
-        self.strategy = strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        try:
+            self.strategy = strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        except (tf.errors.OpError, RuntimeError, ValueError) as error:  # e.g. a port in use
+            self.close()
+            first = str(getattr(error, "message", error)).strip().splitlines()[0][:200]
+            raise WorkerError(f"{cluster.describe()}: cannot start ({first})") from None
         context = tf.distribute.get_replica_context
         # Collectives outside the training step, compiled (eager ones are slow, and warn so);
         # tf.identity places the value on this replica's device, as a collective needs.
