@@ -46,7 +46,8 @@ def _start(index: int, ports: list[int], args: list[str], log: Path) -> subproce
     workers = ",".join(f"127.0.0.1:{port}" for port in ports)
     command = [sys.executable, "-m", "app.cli", "train", *args]
     command += ["--workers", workers, "--worker-index", str(index)]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    # The token ids in the test's folder: a worker ended by SIGKILL cannot remove them.
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TMPDIR": str(log.parent)}
     env.pop("TF_CONFIG", None)
     with log.open("wb") as output:
         return subprocess.Popen(command, cwd=REPO, env=env, stdout=output, stderr=output)
