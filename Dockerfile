@@ -76,8 +76,8 @@ CMD ["--help"]
 # ---------------------------------------------------------------------------------------
 # The serving dependencies, installed under /install (copied into /usr/local below) and
 # slimmed where nothing at run time looks: debug symbols in the compiled extensions (uvloop's
-# alone is 13.6 MB with them, 1.6 MB without), type stubs, NumPy's test suites, C headers and
-# Fortran wrapper generator. Built aside so that only the slimmed files reach the image's layers. The vendored
+# alone is 13.6 MB with them, 1.6 MB without), type stubs, NumPy's test suites and what only
+# they or a build use (its SIMD test module, C headers, Fortran wrapper generator, examples). Built aside so that only the slimmed files reach the image's layers. The vendored
 # libraries under *.libs/ (OpenBLAS) are left as they are: auditwheel's patchelf moved their
 # segments, and strip would make them unloadable.
 FROM base AS libraries
@@ -87,7 +87,9 @@ RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends binutil
  && pip install --no-cache-dir --prefix=/install -c /tmp/constraints.txt -r /tmp/requirements.txt \
  && site=/install/lib/python3.11/site-packages \
  && find "$site/numpy" -depth -type d -name tests -exec rm -rf {} + \
- && rm -rf "$site/numpy/f2py" "$site/numpy/_core/include" /install/bin/f2py /install/bin/numpy-config \
+ && rm -rf "$site/numpy/f2py" "$site/numpy/_core/include" "$site/numpy/_core/_simd".*.so \
+        "$site/numpy/_pyinstaller" "$site/numpy/random/_examples" \
+        /install/bin/f2py /install/bin/numpy-config \
  && find /install -name '*.pyi' -type f -delete \
  && find /install -name '*.cpython-*.so' -type f -exec strip --strip-unneeded {} +
 
