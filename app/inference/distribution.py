@@ -181,9 +181,9 @@ def next_words(
     # The rows that mix need the model's share of the words not blocked (blocked words are
     # removed from the mixture, not from each of its parts): the blocked words' scores, and
     # the best score's place, whose probability after the softmax is 1 / (its sum of exps).
-    blocked = scores[mixing][:, choices.blocked_ids]  # (mixing, blocked)
+    blocked = scores[np.ix_(np.array(mixing, dtype=np.intp), choices.blocked_ids)]
     scores[:, choices.blocked_ids] = -np.inf  # removed; the softmax renormalises
-    best = scores[mixing].argmax(axis=1)
+    best = scores.argmax(axis=1)[mixing] if mixing else np.empty(0, dtype=np.intp)
     top = scores[mixing, best]
     # A completion's probabilities come from its candidates' own scores, taken before the
     # softmax overwrites them: exact even where a whole row's softmax underflows to 0.
@@ -227,11 +227,12 @@ def _mix(
     and the rest renormalised. probabilities[row] holds p_model without the blocked words
     (renormalised), `model_kept` the share p_model gave the others.
     """
-    p_cache = cache_probabilities(
-        state[None, :], memory.states, memory.next_ids, cache.theta, len(probabilities[row])
-    )[0]
-    cache_kept = 1 - float(p_cache[choices.blocked_ids].sum(dtype=np.float64))
-    p_cache[choices.blocked_ids] = 0
+    # p_cache is kept sparse, over the words the memory holds: a request's memory holds a few
+    # of them, and a dense row would cost passes over the whole vocabulary.
+    ids, p_cache = _cache_words(state, memory, cache.theta)
+    blocked = choices.blocked[ids]
+    cache_kept = 1 - float(p_cache[blocked].sum())
+    p_cache[blocked] = 0
     weight = cache.weight_at(len(memory))
     model_part, cache_part = (1 - weight) * model_kept, weight
     whole = model_part + cache_part * cache_kept
@@ -241,14 +242,29 @@ def _mix(
         # p(w | C) = p(w) / p(C) for the words C that begin with the stem; p_model(w) is
         # p_model(C) times the completion's own (exact) probability of w.
         model_mass = model_part * float(probabilities[row, completion.ids].sum(dtype=np.float64))
-        cached = cache_part * p_cache[completion.ids]
+        # p_cache of each candidate: where it is among the memory's words (ids are sorted).
+        at = np.minimum(np.searchsorted(ids, completion.ids), len(ids) - 1)
+        cached = cache_part * np.where(ids[at] == completion.ids, p_cache[at], 0.0)
         mass = model_mass + float(cached.sum(dtype=np.float64))
         if mass > 0:
             mixed = (model_mass * completion.probabilities + cached) / mass
             completion = Completion(completion.ids, mixed.astype(engine.FLOAT))
     probabilities[row] *= model_part / whole
-    probabilities[row] += (cache_part / whole) * p_cache
+    probabilities[row, ids] += ((cache_part / whole) * p_cache).astype(engine.FLOAT)
     return completion
+
+
+def _cache_words(state: np.ndarray, memory: Memory, theta: float) -> tuple[np.ndarray, np.ndarray]:
+    """p_cache over the words the memory holds: (their ids, sorted and distinct; their
+    probabilities, float64, summing to 1). The same sums as cache_probabilities, kept sparse."""
+    scores = memory.states @ state.astype(FLOAT, copy=False)  # (pairs,)
+    scores *= FLOAT(theta)
+    scores -= scores.max()
+    np.exp(scores, out=scores)
+    ids, where = np.unique(memory.next_ids, return_inverse=True)
+    return ids, np.bincount(where, weights=scores, minlength=len(ids)) / scores.sum(
+        dtype=np.float64
+    )
 
 
 def choose(
