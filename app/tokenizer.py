@@ -238,9 +238,7 @@ class Tokenizer:
             )
         found = payload.get("format")
         if type(found) is not int or found != TOKENIZER_FORMAT:  # true and 1.0 are == 1 too
-            raise TokenizerError(
-                f"tokenizer format {found!r} is not {TOKENIZER_FORMAT}"
-            )
+            raise TokenizerError(f"tokenizer format {found!r} is not {TOKENIZER_FORMAT}")
         settings = payload.get("config")
         if not isinstance(settings, dict):
             raise TokenizerError("tokenizer config must be an object of settings")
