@@ -75,7 +75,9 @@ def main() -> None:
     typed = load.typing_texts(load.corpus_lines(), 999, args.typing + 1)
     args.typing_prime, args.typing_words = typed[0], 1000
     words = list(dict.fromkeys(w + " " for t in ptb[:50_000] for w in t.split()))
-    n, per_burst = args.bodies, args.typing // serve_bench.TYPING_BURSTS
+    # Distinct bodies for every run: 2 runs a round draw from each corpus's prefixes.
+    n = min(args.bodies, min(len(ptb), len(wikitext)) // (2 * args.rounds))
+    per_burst = args.typing // serve_bench.TYPING_BURSTS
     started = time.time()
     runs: dict[str, list[dict[str, Any]]] = {}
     with load.scratch() as folder:
@@ -110,6 +112,8 @@ def main() -> None:
                     for kind in KINDS:
                         name = f"{kind}-r{number}-c{connections}"
                         run = load.wrk(server.port, slices[name], connections, args.seconds, n)
+                        if run["non_2xx"]:
+                            raise SystemExit(f"{name}: {run['non_2xx']} answers were not 2xx")
                         runs.setdefault(f"{kind}_c{connections}", []).append(run)
                         print(f"  round {number + 1} {kind:14} c={connections:<3} "
                               f"{run['requests_per_s']:9.1f} req/s  p50 "
