@@ -22,16 +22,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"nextword: error: {message} (see `{self.prog} --help`)\n")
 
 
-def _bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
-
-
 def _add_train(commands: Any) -> None:
-    from app.training.config import TrainConfig  # dataclass only: no TensorFlow import
+    from app.training.options import add_train_options  # no TensorFlow import
 
     parser = commands.add_parser(
         "train",
@@ -39,33 +31,7 @@ def _add_train(commands: Any) -> None:
         description="Train a SimpleRNN language model. Settings come from the defaults, then "
         "--recipe (TOML), then the flags below.",
     )
-    parser.add_argument("train_file", nargs="?", help="training text (UTF-8, a sentence a line)")
-    parser.add_argument("--recipe", type=Path, help="TOML file of settings (see recipes/)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument(
-        "--workers",
-        help="host:port of every worker, comma-separated, in index order: train on several "
-        "machines with tf.distribute.MultiWorkerMirroredStrategy (without these two flags, a "
-        "TF_CONFIG in the environment is used)",
-    )
-    parser.add_argument(
-        "--worker-index",
-        type=int,
-        help="this process's index in --workers (0, the chief, evaluates and saves the version)",
-    )
-    defaults = TrainConfig()
-    for item in fields(TrainConfig):
-        if item.name == "train":
-            continue
-        default = getattr(defaults, item.name)
-        kind = _bool if isinstance(default, bool) else type(default)
-        parser.add_argument(
-            "--" + item.name.replace("_", "-"),
-            dest=item.name,
-            type=kind,
-            default=None,
-            help=f"(default {default!r})",
-        )
+    add_train_options(parser)
 
 
 def _run_train(args: argparse.Namespace) -> int:
