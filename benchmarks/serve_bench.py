@@ -67,7 +67,8 @@ def commands(store: Path) -> dict[str, list[str]]:
     model = ["--store", str(store), "--name", "ptb"]
     servers = str(Path(__file__).with_name("bench_servers.py"))
     return {
-        "service": ["-m", "app.cli", "serve", "--host", "127.0.0.1", *model],
+        # ptb alone (the store also holds wikitext2, which models_bench.py measures).
+        "service": ["-m", "app.cli", "serve", "--host", "127.0.0.1", "--models", "ptb", *model],
         "floor": [servers, "floor"],
         "floor-model": [servers, "floor-model"],
         "naive": [servers, "naive", *model],
@@ -108,6 +109,9 @@ def measure_server(
                 server.port, slices[f"c{connections}"], connections, args.seconds, args.bodies
             )
             figures[f"c{connections}"] = run
+            if run["requests"] >= args.bodies:  # stopped by the bodies, not the clock
+                print(f"  {name:8} c={connections}: CAPPED at {args.bodies} bodies: the rate "
+                      f"is a lower bound (use fewer --seconds)", flush=True)  # fmt: skip
             print(f"  {name:8} c={connections:<3} {run['requests_per_s']:9.1f} req/s  "
                   f"p50 {run['p50_us'] / 1000:8.3f} ms  p99 {run['p99_us'] / 1000:8.3f} ms  "
                   f"({run['requests']} requests, {run['non_2xx']} non-2xx)",
