@@ -173,11 +173,10 @@ def next_words(
     A row's memory is mixed in when `cache` is given and the memory holds a pair.
     """
     scores = engine.logits(weights, states)  # (batch, vocab)
-    mixing = [
-        row
-        for row, memory in enumerate(memories)
-        if cache is not None and memory is not None and len(memory)
-    ]
+    held = {
+        row: memory for row, memory in enumerate(memories) if memory is not None and len(memory)
+    }
+    mixing = list(held) if cache is not None else []
     # The rows that mix need the model's share of the words not blocked (blocked words are
     # removed from the mixture, not from each of its parts): the blocked words' scores, and
     # the best score's place, whose probability after the softmax is 1 / (its sum of exps).
@@ -196,13 +195,10 @@ def next_words(
     odds = (
         np.exp(blocked.astype(np.float64) - top[:, None]).sum(axis=1) * probabilities[mixing, best]
     )
-    kept = dict(zip(mixing, (1 / (1 + odds)).tolist(), strict=True))
-    for row in mixing:
-        memory = memories[row]
-        assert cache is not None and memory is not None
-        completions[row] = _mix(
-            probabilities, row, states[row], memory, cache, choices, completions[row], kept[row]
-        )
+    if mixing:
+        assert cache is not None
+        memory = [held[row] for row in mixing]
+        _mix(probabilities, mixing, states, memory, cache, choices, completions, 1 / (1 + odds))
     return probabilities, completions
 
 
@@ -213,58 +209,69 @@ def _completion(choices: WordChoices, scores: np.ndarray, stem: str) -> Completi
 
 def _mix(
     probabilities: np.ndarray,
-    row: int,
-    state: np.ndarray,
-    memory: Memory,
+    rows: list[int],
+    states: np.ndarray,
+    memory: list[Memory],
     cache: CacheSettings,
     choices: WordChoices,
-    completion: Completion | None,
-    model_kept: float,
-) -> Completion | None:
-    """Mix the cache into probabilities[row] (in place), and into the row's completion.
+    completions: list[Completion | None],
+    model_kept: np.ndarray,
+) -> None:
+    """Mix the cache into probabilities[row] for each of `rows` (in place), and into the row's
+    completion (replaced in `completions`); memory[i] is the memory of rows[i].
 
     p = (1 - λ) p_model + λ p_cache over the whole vocabulary, then the blocked words removed
     and the rest renormalised. probabilities[row] holds p_model without the blocked words
-    (renormalised), `model_kept` the share p_model gave the others.
+    (renormalised), model_kept[i] the share p_model gave the others for rows[i].
+
+    p_cache is kept sparse, over the few words each memory holds (a dense row would cost passes
+    over the whole vocabulary), and the rows' pairs are worked on together, not row by row.
     """
-    # p_cache is kept sparse, over the words the memory holds: a request's memory holds a few
-    # of them, and a dense row would cost passes over the whole vocabulary.
-    ids, p_cache = _cache_words(state, memory, cache.theta)
+    lengths = np.array([len(item) for item in memory])
+    starts = np.cumsum(lengths) - lengths
+    # θ h_t·h_i for every pair of every row, and each row's softmax over its own pairs.
+    scores = np.concatenate(
+        [item.states @ states[row] for item, row in zip(memory, rows, strict=True)]
+    )
+    scores *= FLOAT(cache.theta)
+    scores -= np.repeat(np.maximum.reduceat(scores, starts), lengths)
+    np.exp(scores, out=scores)
+    totals = np.add.reduceat(scores, starts, dtype=np.float64)
+    # Summed by (row, next id): cell i * vocab + w for the pairs of rows[i], sorted and distinct.
+    vocab = probabilities.shape[1]
+    owner = np.repeat(np.arange(len(rows)), lengths)
+    cells = owner * vocab + np.concatenate([item.next_ids for item in memory])
+    cells, where = np.unique(cells, return_inverse=True)
+    at, ids = np.divmod(cells, vocab)  # the position in `rows` and the word of each cell
+    p_cache = np.bincount(where, weights=scores) / totals[at]  # float64
     blocked = choices.blocked[ids]
-    cache_kept = 1 - float(p_cache[blocked].sum())
+    cache_kept = 1 - np.bincount(at[blocked], weights=p_cache[blocked], minlength=len(rows))
     p_cache[blocked] = 0
-    weight = cache.weight_at(len(memory))
+    weight = cache.weight_at(lengths.astype(np.float64))
     model_part, cache_part = (1 - weight) * model_kept, weight
     whole = model_part + cache_part * cache_kept
-    if whole <= 0:  # nothing but blocked words, in the model and the memory
-        return completion
-    if completion is not None:
+    live = whole > 0  # else nothing but blocked words, in the model and the memory: left as is
+    edges = np.searchsorted(at, np.arange(len(rows) + 1))  # row i's cells: edges[i]:edges[i+1]
+    for i, row in enumerate(rows):
+        completion = completions[row]
+        if completion is None or not live[i]:
+            continue
         # p(w | C) = p(w) / p(C) for the words C that begin with the stem; p_model(w) is
         # p_model(C) times the completion's own (exact) probability of w.
-        model_mass = model_part * float(probabilities[row, completion.ids].sum(dtype=np.float64))
+        model_mass = model_part[i] * float(probabilities[row, completion.ids].sum(dtype=np.float64))
+        row_ids, row_p = ids[edges[i] : edges[i + 1]], p_cache[edges[i] : edges[i + 1]]
         # p_cache of each candidate: where it is among the memory's words (ids are sorted).
-        at = np.minimum(np.searchsorted(ids, completion.ids), len(ids) - 1)
-        cached = cache_part * np.where(ids[at] == completion.ids, p_cache[at], 0.0)
+        place = np.minimum(np.searchsorted(row_ids, completion.ids), len(row_ids) - 1)
+        cached = cache_part[i] * np.where(row_ids[place] == completion.ids, row_p[place], 0.0)
         mass = model_mass + float(cached.sum(dtype=np.float64))
         if mass > 0:
             mixed = (model_mass * completion.probabilities + cached) / mass
-            completion = Completion(completion.ids, mixed.astype(engine.FLOAT))
-    probabilities[row] *= model_part / whole
-    probabilities[row, ids] += ((cache_part / whole) * p_cache).astype(engine.FLOAT)
-    return completion
-
-
-def _cache_words(state: np.ndarray, memory: Memory, theta: float) -> tuple[np.ndarray, np.ndarray]:
-    """p_cache over the words the memory holds: (their ids, sorted and distinct; their
-    probabilities, float64, summing to 1). The same sums as cache_probabilities, kept sparse."""
-    scores = memory.states @ state.astype(FLOAT, copy=False)  # (pairs,)
-    scores *= FLOAT(theta)
-    scores -= scores.max()
-    np.exp(scores, out=scores)
-    ids, where = np.unique(memory.next_ids, return_inverse=True)
-    return ids, np.bincount(where, weights=scores, minlength=len(ids)) / scores.sum(
-        dtype=np.float64
-    )
+            completions[row] = Completion(completion.ids, mixed.astype(engine.FLOAT))
+    scale = np.where(live, model_part / np.where(live, whole, 1), 1).tolist()
+    for row, factor in zip(rows, scale, strict=True):
+        probabilities[row] *= factor
+    added = np.where(live, cache_part / np.where(live, whole, 1), 0)[at] * p_cache
+    probabilities[np.asarray(rows)[at], ids] += added.astype(engine.FLOAT)
 
 
 def choose(

@@ -56,9 +56,9 @@ def rnn_step(
     `input_rows` (batch, hidden) are rows of the input table; the new states (batch, hidden) go
     to `out` (it may be `states`) or a new array.
     """
-    sums = states @ weights.recurrent_kernel
+    sums = np.matmul(states, weights.recurrent_kernel, out=out)
     sums += input_rows
-    return np.tanh(sums, out=sums if out is None else out)
+    return np.tanh(sums, out=sums)
 
 
 def run_batch(
@@ -75,31 +75,34 @@ def run_batch(
     """
     order = sorted(range(len(sequences)), key=lambda row: -len(sequences[row]))
     lengths = [len(sequences[row]) for row in order]
-    current = np.array(states[order], dtype=FLOAT)  # a copy, in that order
-    history = None
-    if steps is not None:
-        history = np.empty((lengths[0] if lengths else 0, *current.shape), dtype=FLOAT)
-    if lengths and lengths[0]:
+    longest = lengths[0] if lengths else 0
+    # history[t] holds the states after t ids, in that order: each step's products are written
+    # straight into the next, so a step is three NumPy calls and no copy.
+    history = np.empty((longest + 1, len(order), states.shape[1]), dtype=FLOAT)
+    history[0] = states[order]
+    if longest:
         # (steps, batch) ids, 0 past a row's end (looked up, never used) -> their input rows.
-        ids = np.zeros((lengths[0], len(order)), dtype=np.intp)
+        ids = np.zeros((longest, len(order)), dtype=np.intp)
         for column, row in enumerate(order):
             ids[: lengths[column], column] = sequences[row]
         inputs = weights.input_table[ids]  # (steps, batch, hidden)
         reading = len(order)
-        for step in range(lengths[0]):
+        for step in range(longest):
             while lengths[reading - 1] <= step:
                 reading -= 1
-            rows = current[:reading]
-            rnn_step(weights, inputs[step, :reading], rows, out=rows)
-            if history is not None:
-                history[step, :reading] = rows
-    if steps is not None and history is not None:
+            rnn_step(
+                weights,
+                inputs[step, :reading],
+                history[step, :reading],
+                history[step + 1, :reading],
+            )
+    if steps is not None:
         column_of = {row: column for column, row in enumerate(order)}
         steps += [
-            history[: len(sequences[row]), column_of[row]].copy() for row in range(len(order))
+            history[1 : len(sequences[row]) + 1, column_of[row]].copy() for row in range(len(order))
         ]
-    out = np.empty_like(current)
-    out[order] = current
+    out = np.empty((len(order), states.shape[1]), dtype=FLOAT)
+    out[order] = history[lengths, np.arange(len(order))]  # each row's state after its last id
     return out
 
 
@@ -113,10 +116,14 @@ def run(weights: RnnWeights, ids: Sequence[int], state: np.ndarray | None = None
 def logits(weights: RnnWeights, states: np.ndarray) -> np.ndarray:
     """Output-layer scores: (batch, hidden) -> (batch, vocab)."""
     features = states if weights.projection is None else states @ weights.projection
-    # (blocks, batch, OUTPUT_BLOCK) -> (batch, vocab): one copy, the bias added on the way.
-    products = np.matmul(features, weights.output_blocks)
-    whole = products.transpose(1, 0, 2).reshape(len(states), -1)
-    return np.add(whole[:, : weights.vocab_size], weights.output_bias)
+    blocks = weights.output_blocks
+    # Each block's products are written straight to their columns of a (batch, vocab) array:
+    # the (blocks, batch, OUTPUT_BLOCK) view of it is the stacked product's layout, so no copy.
+    whole = np.empty((len(states), blocks.shape[0] * OUTPUT_BLOCK), dtype=FLOAT)
+    np.matmul(features, blocks, out=whole.reshape(len(states), blocks.shape[0], -1).swapaxes(0, 1))
+    scores = whole[:, : weights.vocab_size]  # rows contiguous; the padding columns left over
+    scores += weights.output_bias
+    return scores
 
 
 def softmax(scores: np.ndarray, in_place: bool = False) -> np.ndarray:

@@ -366,14 +366,17 @@ def test_the_trained_model_learned_the_pattern(tiny_model: TinyModel) -> None:
 
 
 @pytest.fixture(scope="module")
-def variants(tiny_model: TinyModel, corpus_file: Path) -> dict[str, TinyModel]:
-    """The three output layers: tied (E = H), tied with a projection (E != H), untied."""
+def variants(
+    tiny_model: TinyModel, corpus_file: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, TinyModel]:
+    """The three output layers: tied (E = H), tied with a projection (E != H), untied. The two
+    trained here go to a store of their own: the shared tiny model's store is read by tests
+    that expect it to hold that model alone."""
+    own = tmp_path_factory.mktemp("variants")
     return {
         "tied": tiny_model,
-        "projected": train_tiny(
-            corpus_file, tiny_model.store, "projected", hidden_units=24, epochs=1
-        ),
-        "untied": train_tiny(corpus_file, tiny_model.store, "untied", tied=False, epochs=1),
+        "projected": train_tiny(corpus_file, own, "projected", hidden_units=24, epochs=1),
+        "untied": train_tiny(corpus_file, own, "untied", tied=False, epochs=1),
     }
 
 
