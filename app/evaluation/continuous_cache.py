@@ -11,7 +11,10 @@ is a target, <eos> and <unk> included. With T = len(ids) - 1 targets:
 The memory at position t holds the pairs (h_i, target[i]) for the last N positions i < t, across
 line boundaries, as the paper carries it; position 0 has none and is scored by the model alone.
 
-`evaluate` is exact: each row's full distribution is mixed by the very functions the server calls.
+`evaluate` is exact: each row's full distribution is mixed by `cache_probabilities` and `mix`,
+the paper's sums over the whole vocabulary (the server computes the same sums kept sparse, over
+the words a memory holds: app.inference.distribution; tests/unit/test_cache_in_predictions.py
+holds its answers to the formula computed from scratch).
 `tune` only needs each target's cache probability: a block of rows is scored against every
 memory position any of them may read in one product, shared by all the sizes, θ and λ tried.
 """
@@ -26,7 +29,7 @@ from typing import NamedTuple
 import numpy as np
 
 from app.inference import engine
-from app.inference.distribution import CacheSettings, cache_probabilities, mix
+from app.inference.distribution import CacheSettings
 from app.inference.engine import RnnWeights
 
 # The grid the shipped model's settings were chosen from (README, "Continuous cache"): finer
@@ -36,6 +39,58 @@ DEFAULT_THETAS = (0.1, 0.125, 0.15, 0.175, 0.2, 0.225, 0.25, 0.3, 0.4, 0.5)
 DEFAULT_WEIGHTS = (0.05, 0.1, 0.125, 0.15, 0.175, 0.2, 0.25, 0.3, 0.35)
 # Rows scored together: a block's products stay a few MB whatever the memory size.
 BLOCK = 256
+FLOAT = np.float32
+
+
+def cache_probabilities(
+    queries: np.ndarray,
+    memory_states: np.ndarray,
+    memory_next_ids: np.ndarray,
+    theta: float,
+    vocab_size: int,
+) -> np.ndarray:
+    """p_cache for each query state over the vocabulary: (batch, hidden) -> (batch, vocab).
+
+    `memory_states` (n, hidden) are h_i, `memory_next_ids` (n,) the ids w_{i+1} that followed
+    them. Each row is a softmax over the memory's scores θ h_t·h_i, summed by next id, float32.
+    An empty memory gives rows of zeros: `mix` then keeps the model's probabilities.
+    """
+    batch, n = len(queries), len(memory_next_ids)
+    if len(memory_states) != n:
+        raise ValueError(f"{len(memory_states)} memory states but {n} next ids")
+    if n == 0:
+        return np.zeros((batch, vocab_size), dtype=FLOAT)
+    scores = queries.astype(FLOAT, copy=False) @ memory_states.astype(FLOAT, copy=False).T
+    scores *= FLOAT(theta)  # (batch, n)
+    # The largest score subtracted first: exp never overflows, the largest term is exp(0) = 1.
+    scores -= scores.max(axis=1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=1, keepdims=True)
+    # One bincount for the whole batch (np.add.at is many times slower): row r's pair i goes
+    # to the flat cell r * vocab + w_{i+1}.
+    ids = np.asarray(memory_next_ids, dtype=np.intp)
+    cells = (np.arange(batch, dtype=np.intp)[:, None] * vocab_size + ids).ravel()  # (batch * n,)
+    summed = np.bincount(cells, weights=scores.ravel(), minlength=batch * vocab_size)
+    return summed.reshape(batch, vocab_size).astype(FLOAT)
+
+
+def mix(
+    model_probabilities: np.ndarray,
+    cache_probabilities: np.ndarray,
+    weight: float | np.ndarray,
+    has_memory: bool | np.ndarray,
+) -> np.ndarray:
+    """(1 - λ) p_model + λ p_cache for the rows with a memory, p_model alone for the others
+    (the first word of a text has nothing before it): (batch, vocab) twice -> (batch, vocab).
+
+    `has_memory` is one bool for the batch or one per row (batch,); `weight` one λ, or one
+    per row (batch, 1).
+    """
+    mixed = (1 - weight) * model_probabilities + weight * cache_probabilities
+    rows = np.broadcast_to(np.asarray(has_memory, dtype=bool), (len(model_probabilities),))
+    if not rows.all():
+        mixed[~rows] = model_probabilities[~rows]
+    return mixed.astype(FLOAT, copy=False)
 
 
 @dataclass(frozen=True)

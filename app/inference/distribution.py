@@ -92,57 +92,6 @@ def _number(name: str, value: Any) -> float:
     return float(value)
 
 
-def cache_probabilities(
-    queries: np.ndarray,
-    memory_states: np.ndarray,
-    memory_next_ids: np.ndarray,
-    theta: float,
-    vocab_size: int,
-) -> np.ndarray:
-    """p_cache for each query state over the vocabulary: (batch, hidden) -> (batch, vocab).
-
-    `memory_states` (n, hidden) are h_i, `memory_next_ids` (n,) the ids w_{i+1} that followed
-    them. Each row is a softmax over the memory's scores θ h_t·h_i, summed by next id, float32.
-    An empty memory gives rows of zeros: `mix` then keeps the model's probabilities.
-    """
-    batch, n = len(queries), len(memory_next_ids)
-    if len(memory_states) != n:
-        raise ValueError(f"{len(memory_states)} memory states but {n} next ids")
-    if n == 0:
-        return np.zeros((batch, vocab_size), dtype=FLOAT)
-    scores = queries.astype(FLOAT, copy=False) @ memory_states.astype(FLOAT, copy=False).T
-    scores *= FLOAT(theta)  # (batch, n)
-    # The largest score subtracted first: exp never overflows, the largest term is exp(0) = 1.
-    scores -= scores.max(axis=1, keepdims=True)
-    np.exp(scores, out=scores)
-    scores /= scores.sum(axis=1, keepdims=True)
-    # One bincount for the whole batch (np.add.at is many times slower): row r's pair i goes
-    # to the flat cell r * vocab + w_{i+1}.
-    ids = np.asarray(memory_next_ids, dtype=np.intp)
-    cells = (np.arange(batch, dtype=np.intp)[:, None] * vocab_size + ids).ravel()  # (batch * n,)
-    summed = np.bincount(cells, weights=scores.ravel(), minlength=batch * vocab_size)
-    return summed.reshape(batch, vocab_size).astype(FLOAT)
-
-
-def mix(
-    model_probabilities: np.ndarray,
-    cache_probabilities: np.ndarray,
-    weight: float | np.ndarray,
-    has_memory: bool | np.ndarray,
-) -> np.ndarray:
-    """(1 - λ) p_model + λ p_cache for the rows with a memory, p_model alone for the others
-    (the first word of a text has nothing before it): (batch, vocab) twice -> (batch, vocab).
-
-    `has_memory` is one bool for the batch or one per row (batch,); `weight` one λ, or one
-    per row (batch, 1).
-    """
-    mixed = (1 - weight) * model_probabilities + weight * cache_probabilities
-    rows = np.broadcast_to(np.asarray(has_memory, dtype=bool), (len(model_probabilities),))
-    if not rows.all():
-        mixed[~rows] = model_probabilities[~rows]
-    return mixed.astype(FLOAT, copy=False)
-
-
 # --- the next-word distribution -------------------------------------------------------------------
 
 
@@ -180,7 +129,7 @@ def next_words(
     # The rows that mix need the model's share of the words not blocked (blocked words are
     # removed from the mixture, not from each of its parts): the blocked words' scores, and
     # the best score's place, whose probability after the softmax is 1 / (its sum of exps).
-    blocked = scores[np.ix_(np.array(mixing, dtype=np.intp), choices.blocked_ids)]
+    blocked = scores[:, choices.blocked_ids][mixing]
     scores[:, choices.blocked_ids] = -np.inf  # removed; the softmax renormalises
     best = scores.argmax(axis=1)[mixing] if mixing else np.empty(0, dtype=np.intp)
     top = scores[mixing, best]
@@ -241,7 +190,7 @@ def _mix(
     vocab = probabilities.shape[1]
     owner = np.repeat(np.arange(len(rows)), lengths)
     cells = owner * vocab + np.concatenate([item.next_ids for item in memory])
-    cells, where = np.unique(cells, return_inverse=True)
+    cells, where = _distinct(cells)
     at, ids = np.divmod(cells, vocab)  # the position in `rows` and the word of each cell
     p_cache = np.bincount(where, weights=scores) / totals[at]  # float64
     blocked = choices.blocked[ids]
@@ -272,6 +221,18 @@ def _mix(
         probabilities[row] *= factor
     added = np.where(live, cache_part / np.where(live, whole, 1), 0)[at] * p_cache
     probabilities[np.asarray(rows)[at], ids] += added.astype(engine.FLOAT)
+
+
+def _distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(values, return_inverse=True) for a short 1-D array, without its overheads."""
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    first = np.empty(len(ordered), dtype=bool)
+    first[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+    where = np.empty(len(ordered), dtype=np.intp)
+    where[order] = np.cumsum(first) - 1
+    return ordered[first], where
 
 
 def choose(

@@ -16,8 +16,9 @@ from support.models import random_arrays
 from app import store, store_edits
 from app.cli import main
 from app.evaluation import continuous_cache as evaluation
+from app.evaluation.continuous_cache import cache_probabilities, mix
 from app.inference import engine
-from app.inference.distribution import CacheSettings, cache_probabilities, mix
+from app.inference.distribution import CacheSettings
 from app.inference.engine import RnnWeights
 from app.inference.loading import load_predictor
 from app.inference.weights import Architecture, weights_from_arrays
