@@ -7,6 +7,7 @@ import json
 import os
 import random
 import re
+import resource
 import socket
 import subprocess
 import sys
@@ -149,6 +150,24 @@ def tree_memory_mb(pid: int) -> dict[str, float]:
     return totals
 
 
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU time (user + system, seconds) used so far by process `pid`, and by its descendants
+    alive now (the model process): read before and after a run, the difference is the run's."""
+    tick = os.sysconf("SC_CLK_TCK")
+    own = children = 0.0
+    for member in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        used = (int(fields[11]) + int(fields[12])) / tick  # utime, stime (fields 14, 15)
+        if member == pid:
+            own = used
+        else:
+            children += used
+    return own, children
+
+
 def _get_status(port: int, path: str) -> int:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
     try:
@@ -202,13 +221,16 @@ def wrk(port: int, bodies: Path, connections: int, seconds: float, limit: int) -
         "wrk", "-t1", f"-c{connections}", f"-d{round(seconds)}s", "--timeout", "10s",
         "-s", str(LUA), f"http://127.0.0.1:{port}", "--", str(bodies), str(limit),
     ]  # fmt: skip
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk's own CPU: the client's share
     found = re.search(r"^RESULT (\{.*\})$", done.stdout, re.MULTILINE)
     if done.returncode != 0 or found is None:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout}\n{done.stderr}")
     result: dict[str, float] = json.loads(found.group(1))
     result["requests_per_s"] = result["requests"] / (result["duration_us"] / 1e6)
     result["connections"] = connections
+    result["wrk_cpu_s"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return result
 
 

@@ -105,9 +105,11 @@ def measure_server(
               f"{figures['tensorflow_loaded']}", flush=True)  # fmt: skip
         load.wrk(server.port, slices["warm-up"], 8, 2, args.bodies)  # caches, allocator, TF graph
         for connections in CONCURRENCY:
+            before = load.cpu_seconds(server.process.pid)
             run = load.wrk(
                 server.port, slices[f"c{connections}"], connections, args.seconds, args.bodies
             )
+            run["cpu_us_per_request"] = cpu_split(before, load.cpu_seconds(server.process.pid), run)
             figures[f"c{connections}"] = run
             if run["requests"] >= args.bodies:  # stopped by the bodies, not the clock
                 print(f"  {name:8} c={connections}: CAPPED at {args.bodies} bodies: the rate "
@@ -115,6 +117,10 @@ def measure_server(
             print(f"  {name:8} c={connections:<3} {run['requests_per_s']:9.1f} req/s  "
                   f"p50 {run['p50_us'] / 1000:8.3f} ms  p99 {run['p99_us'] / 1000:8.3f} ms  "
                   f"({run['requests']} requests, {run['non_2xx']} non-2xx)",
+                  flush=True)  # fmt: skip
+            cpu = run["cpu_us_per_request"]
+            print(f"  {name:8} c={connections:<3} CPU a request: server {cpu['server']:.0f} us, "
+                  f"model process {cpu['model_process']:.0f} us, wrk {cpu['wrk']:.0f} us",
                   flush=True)  # fmt: skip
         figures["after_runs"] = server.rss_mb()
         after = figures["after_runs"]
@@ -134,6 +140,20 @@ def measure_server(
                       flush=True)  # fmt: skip
             figures["typing"] = measure_typing(server.port, slices, args)
     return figures
+
+
+def cpu_split(
+    before: tuple[float, float], after: tuple[float, float], run: dict[str, Any]
+) -> dict[str, float]:
+    """The CPU a request cost during a run, in microseconds: the server's process (the event
+    loop: HTTP, middleware, batching), its children (the model process) and the load generator.
+    Two cores serve all three: their sum bounds the rate the machine can reach."""
+    requests = max(run["requests"], 1)
+    return {
+        "server": (after[0] - before[0]) * 1e6 / requests,
+        "model_process": (after[1] - before[1]) * 1e6 / requests,
+        "wrk": run["wrk_cpu_s"] * 1e6 / requests,
+    }
 
 
 def measure_typing(port: int, slices: dict[str, Any], args: Any) -> dict[str, Any]:
