@@ -225,7 +225,7 @@ def _mix(
 
 def _distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """np.unique(values, return_inverse=True) for a short 1-D array, without its overheads."""
-    order = np.argsort(values, kind="stable")
+    order = np.argsort(values)  # (equal values may come in any order: they get one place)
     ordered = values[order]
     first = np.empty(len(ordered), dtype=bool)
     first[:1] = True
