@@ -90,6 +90,10 @@ def _run_serve(args: argparse.Namespace) -> int:
         # uvicorn's httptools connection with the limits it lacks (headers' time and size,
         # connections open): app.api.connections.
         http=bounded_protocol(settings),
+        # No route is a WebSocket: uvicorn's default would import a WebSocket library (and
+        # h11) into the server and the model process for nothing. An upgrade request is then
+        # answered as the plain HTTP request it also is.
+        ws="none",
         # On SIGTERM: stop accepting, let requests in flight finish (up to this), then stop.
         timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout_s)),
     )
@@ -144,6 +148,8 @@ def _log_config(level: str, log_format: str = "text") -> dict[str, Any]:
     config.setdefault("filters", {})["access_redaction"] = {"()": AccessLogRedaction}
     # On the logger, not a handler: the record itself is rewritten, for every handler.
     config["loggers"]["uvicorn.access"]["filters"] = ["access_redaction"]
+    config["filters"]["websocket_advice"] = {"()": NoWebSocketAdvice}
+    config["loggers"]["uvicorn.error"]["filters"] = ["websocket_advice"]
     config["formatters"]["access"] = {
         "()": "uvicorn.logging.DefaultFormatter",
         "fmt": "%(levelprefix)s %(message)s",
@@ -176,6 +182,15 @@ class AccessLogRedaction(logging.Filter):
             record.msg = _QUERY.sub("", record.getMessage())
             record.args = None
         return True
+
+
+class NoWebSocketAdvice(logging.Filter):
+    """With `ws="none"`, uvicorn follows its "Unsupported upgrade request." warning (an upgrade
+    header, e.g. `curl --http2`'s h2c) with advice to install a WebSocket library: advice for an
+    app with WebSocket routes, which this one has not. This drops that second line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No supported WebSocket library")
 
 
 def _run_predict(args: argparse.Namespace) -> int:

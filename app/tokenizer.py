@@ -108,7 +108,10 @@ def _chunk_words(chunk: str, config: TokenizerConfig) -> tuple[str, ...]:
     if _is_special(chunk, config):
         return (chunk,)
     if config.lowercase:
-        chunk = chunk.lower()
+        lowered = chunk.lower()  # always a new string, even when nothing changed
+        # A chunk already in lower case (most are) is kept as itself: its entry in the cache
+        # then holds one string, not two equal ones.
+        chunk = chunk if lowered == chunk else lowered
     if config.punctuation == "keep" or (
         config.numbers == "replace" and _NUMBER.fullmatch(chunk)  # "3.5" stays one number
     ):

@@ -54,6 +54,7 @@ from app.api.routes import model_routes, probes
 from app.api.scoring import score_routes
 from app.api.security import require_admin_key, require_api_key
 from app.api.telemetry import install_telemetry
+from app.serving.memory import share_one_arena, trim_free_memory
 from app.serving.registry import ModelRegistry
 from app.settings import Settings, load_settings
 
@@ -79,9 +80,13 @@ def _package_version() -> str:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    share_one_arena()  # before the worker threads that load the models first allocate
     models = ModelRegistry(app.state.settings)
     await models.start()  # loads and checks each model; raises ModelStoreError if one cannot
     app.state.models = models
+    # What loading freed (files read, arrays checked) goes back to the system before a model
+    # process is forked, rather than stay resident in the server.
+    trim_free_memory()
     # Everything made so far (the app, its libraries, the model) lives as long as the server:
     # the cyclic garbage collector need not walk it again: its full passes over everything
     # loaded would otherwise stall the event loop under load.

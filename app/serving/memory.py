@@ -22,6 +22,7 @@ from anyio import to_thread
 logger = logging.getLogger("nextword")
 
 M_MMAP_THRESHOLD = -3  # from glibc's malloc.h
+M_ARENA_MAX = -8
 THRESHOLD_BYTES = 4 << 20
 
 
@@ -41,6 +42,17 @@ def release_large_frees_to_the_os(threshold: int = THRESHOLD_BYTES) -> bool:
     done = bool(libc and libc.mallopt(M_MMAP_THRESHOLD, threshold))
     logger.debug("malloc mmap threshold fixed at %d bytes: %s", threshold, done)
     return done
+
+
+def share_one_arena() -> bool:
+    """Have every thread allocate from malloc's main arena; False on other C libraries.
+
+    glibc gives each new thread that allocates an arena of its own (up to 8 a core), which then
+    keeps its free pages: here uvloop's resolver threads, the worker thread that loaded the
+    model. Nearly every allocation of the server is its event loop's, and the model process has
+    one thread, so there is no contention to spread. Set before those threads first allocate."""
+    libc = _glibc()
+    return bool(libc and libc.mallopt(M_ARENA_MAX, 1))
 
 
 def trim_free_memory() -> None:

@@ -54,6 +54,26 @@ def test_access_log_has_no_query_string_nor_client_address(
     assert "Traceback" not in output
 
 
+def test_an_upgrade_request_is_answered_as_http_with_one_warning(
+    tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    """The server has no WebSocket routes and loads no WebSocket library: a request asking to
+    upgrade (a WebSocket handshake, curl --http2's h2c) is answered as the HTTP request it is,
+    with uvicorn's one warning and not its advice to install a WebSocket library."""
+    upgrades = [
+        {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+         "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="},
+        {"Connection": "Upgrade, HTTP2-Settings", "Upgrade": "h2c", "HTTP2-Settings": ""},
+    ]  # fmt: skip
+    with serving(tiny_model, tmp_path) as server:
+        for headers in upgrades:
+            answer = httpx.get(f"{server.url}/health", headers=headers, timeout=5)
+            assert answer.status_code == 200, answer.text
+    output = server.output()
+    assert output.count("Unsupported upgrade request.") == 2, output
+    assert "WebSocket library" not in output, output
+
+
 def _record(*args: object, msg: str = '%s - "%s %s HTTP/%s" %d') -> logging.LogRecord:
     return logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, msg, args, None)
 
