@@ -141,7 +141,9 @@ class ReadingCache:
     each store of pairs the entries hold (Memory), once however many entries share it."""
 
     CHARS_PER_ENTRY = 256
-    PAIRS_PER_ENTRY = 4
+    # A pair is a state (1 KiB for 256 units): the pairs are most of a full cache's memory, and
+    # this budget still holds the store of the longest memory a shipped model keeps.
+    PAIRS_PER_ENTRY = 3
 
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries

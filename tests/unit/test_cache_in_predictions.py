@@ -104,7 +104,7 @@ def test_a_completion_is_the_mixture_renormalised_over_its_candidates() -> None:
 
 
 def test_the_readings_kept_hold_a_bounded_number_of_pairs() -> None:
-    predictor = with_cache(cache_size=4)  # 4 entries, 32 pairs at most
+    predictor = with_cache(cache_size=4)  # 4 entries, 4 * PAIRS_PER_ENTRY pairs at most
     vocabulary = predictor.tokenizer.vocabulary
     for n in range(6):
         predictor.predict(" ".join(vocabulary[2 + n : 12 + n]) + " ")
