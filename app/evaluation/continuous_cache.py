@@ -39,7 +39,6 @@ DEFAULT_THETAS = (0.1, 0.125, 0.15, 0.175, 0.2, 0.225, 0.25, 0.3, 0.4, 0.5)
 DEFAULT_WEIGHTS = (0.05, 0.1, 0.125, 0.15, 0.175, 0.2, 0.25, 0.3, 0.35)
 # Rows scored together: a block's products stay a few MB whatever the memory size.
 BLOCK = 256
-FLOAT = np.float32
 
 
 def cache_probabilities(
@@ -59,9 +58,10 @@ def cache_probabilities(
     if len(memory_states) != n:
         raise ValueError(f"{len(memory_states)} memory states but {n} next ids")
     if n == 0:
-        return np.zeros((batch, vocab_size), dtype=FLOAT)
-    scores = queries.astype(FLOAT, copy=False) @ memory_states.astype(FLOAT, copy=False).T
-    scores *= FLOAT(theta)  # (batch, n)
+        return np.zeros((batch, vocab_size), dtype=engine.FLOAT)
+    float32 = engine.FLOAT
+    scores = queries.astype(float32, copy=False) @ memory_states.astype(float32, copy=False).T
+    scores *= engine.FLOAT(theta)  # (batch, n)
     # The largest score subtracted first: exp never overflows, the largest term is exp(0) = 1.
     scores -= scores.max(axis=1, keepdims=True)
     np.exp(scores, out=scores)
@@ -71,7 +71,7 @@ def cache_probabilities(
     ids = np.asarray(memory_next_ids, dtype=np.intp)
     cells = (np.arange(batch, dtype=np.intp)[:, None] * vocab_size + ids).ravel()  # (batch * n,)
     summed = np.bincount(cells, weights=scores.ravel(), minlength=batch * vocab_size)
-    return summed.reshape(batch, vocab_size).astype(FLOAT)
+    return summed.reshape(batch, vocab_size).astype(engine.FLOAT)
 
 
 def mix(
@@ -90,7 +90,7 @@ def mix(
     rows = np.broadcast_to(np.asarray(has_memory, dtype=bool), (len(model_probabilities),))
     if not rows.all():
         mixed[~rows] = model_probabilities[~rows]
-    return mixed.astype(FLOAT, copy=False)
+    return mixed.astype(engine.FLOAT, copy=False)
 
 
 @dataclass(frozen=True)

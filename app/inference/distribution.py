@@ -216,10 +216,11 @@ def _mix(
         if mass > 0:
             mixed = (model_mass * completion.probabilities + cached) / mass
             completions[row] = Completion(completion.ids, mixed.astype(engine.FLOAT))
-    scale = np.where(live, model_part / np.where(live, whole, 1), 1).tolist()
+    whole = np.where(live, whole, 1)  # (the rows left as is scale by 1 and add nothing)
+    scale = np.where(live, model_part / whole, 1).tolist()
     for row, factor in zip(rows, scale, strict=True):
         probabilities[row] *= factor
-    added = np.where(live, cache_part / np.where(live, whole, 1), 0)[at] * p_cache
+    added = np.where(live, cache_part / whole, 0)[at] * p_cache
     probabilities[np.asarray(rows)[at], ids] += added.astype(engine.FLOAT)
 
 
